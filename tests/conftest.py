@@ -1,0 +1,31 @@
+"""Shared test setup: implicit rank promotion is an error (catches silent broadcasting in
+vmapped code), and small shared models so JAX compiles as little as possible."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from vi_jax import networks  # noqa: E402
+from vi_jax.distributions import BERNOULLI  # noqa: E402
+from vi_jax.families import diagonal_gaussian  # noqa: E402
+from vi_jax.models import decoder_model  # noqa: E402
+
+
+class TinyProblem:
+    """A small Bernoulli decoder model (z in R^2, x in {0,1}^5), one datapoint and one q."""
+
+    latent_dim, data_dim = 2, 5
+
+    def __init__(self):
+        self.family = diagonal_gaussian(self.latent_dim)
+        dec = networks.decoder((8,), BERNOULLI.num_outputs(self.data_dim), "tanh")
+        self.model = decoder_model(dec, BERNOULLI, self.latent_dim, self.data_dim)
+        self.theta = self.model.init(jax.random.PRNGKey(1))
+        self.x = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
+        self.q_params = {"mean": jnp.array([0.3, -0.5]), "log_scale": jnp.array([-0.4, 0.2])}
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return TinyProblem()
