@@ -1,0 +1,164 @@
+"""The VAE: its configuration, construction, training loop and evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from vi_jax import networks
+from vi_jax.distributions import get_likelihood
+from vi_jax.elbo import KL_FORMS, make_elbo, make_iwae, map_datapoints
+from vi_jax.families import VariationalFamily, get_family
+from vi_jax.models import LatentVariableModel, decoder_model
+from vi_jax.train import Algorithm, TrainState, amortized_vi, first_nonfinite, make_epoch
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Everything that determines a VAE run; `seed` fixes every random draw."""
+
+    seed: int = 0
+    dataset: str = "digits"
+    likelihood: str = "bernoulli"
+    family: str = "gaussian"
+    latent_dim: int = 8
+    encoder_hidden: tuple[int, ...] = (200, 200)
+    decoder_hidden: tuple[int, ...] = (200, 200)
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+    num_samples: int = 1  # reparameterized draws per datapoint in the training ELBO
+    kl: str = "analytic"  # "analytic" (KL form) or "mc" (entropy form)
+    batch_size: int = 50
+    learning_rate: float = 1e-3
+    num_epochs: int = 200
+    kl_warmup_epochs: int = 0
+    eval_every: int = 25  # epochs between held-out evaluations (0: only at the end)
+    eval_elbo_samples: int = 100  # draws per datapoint for reported ELBOs
+    eval_iwae_samples: int = 100  # K of the periodic held-out IWAE
+    final_iwae_samples: int = 5000  # K of the final held-out IWAE
+    eval_batch_size: int = 100  # datapoints vmapped at once in evaluation
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option (before any work is done)."""
+        get_likelihood(self.likelihood)
+        get_family(self.family, max(self.latent_dim, 1))
+        networks.check_network_options(self.activation, self.kernel_init)
+        if self.kl not in KL_FORMS:
+            raise ValueError(f"unknown kl form {self.kl!r}; known: {KL_FORMS}")
+        positive = ("latent_dim", "num_samples", "batch_size", "num_epochs", "eval_elbo_samples",
+                    "eval_iwae_samples", "final_iwae_samples", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.eval_every < 0 or self.kl_warmup_epochs < 0:
+            raise ValueError("eval_every and kl_warmup_epochs must be >= 0")
+
+
+class VAE(NamedTuple):
+    model: LatentVariableModel
+    family: VariationalFamily
+    encoder: nn.Module
+    algorithm: Algorithm
+
+    def encode(self, encoder_params, x: Array):
+        """Variational parameters q_phi(z|x) for a batch x [N, D] (leading N axis)."""
+        return jax.vmap(self.family.unflatten)(self.encoder.apply(encoder_params, x))
+
+
+def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1) -> VAE:
+    config.validate()
+    likelihood = get_likelihood(config.likelihood)
+    family = get_family(config.family, config.latent_dim)
+    decoder = networks.decoder(config.decoder_hidden, likelihood.num_outputs(data_dim),
+                               config.activation, config.kernel_init)
+    encoder = networks.encoder(config.encoder_hidden, family.num_params, config.activation,
+                               config.kernel_init)
+    model = decoder_model(decoder, likelihood, config.latent_dim, data_dim)
+    algorithm = amortized_vi(model, family, encoder, optax.adam(config.learning_rate),
+                             num_samples=config.num_samples, kl=config.kl,
+                             kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch)
+    return VAE(model, family, encoder, algorithm)
+
+
+def mean_and_stderr(values) -> dict:
+    """{"mean", "stderr"} of per-datapoint values; stderr = sample std / sqrt(n)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise FloatingPointError(f"{np.sum(~np.isfinite(values))} of {values.size} values are NaN/inf")
+    stderr = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
+    return {"mean": float(values.mean()), "stderr": float(stderr)}
+
+
+class Evaluator(NamedTuple):
+    """Jitted per-datapoint held-out ELBO and IWAE of the amortized q_phi (built once, reused)."""
+
+    elbo: Callable  # (key, params, data) -> per-datapoint ELBO [N]
+    iwae: Callable  # (key, params, data) -> IwaeTerms with [N] fields
+
+
+def make_evaluator(vae: VAE, config: VAEConfig, iwae_samples: int) -> Evaluator:
+    elbo_fn = make_elbo(vae.model, vae.family, num_samples=config.eval_elbo_samples, kl=config.kl)
+    iwae_fn = make_iwae(vae.model, vae.family, num_samples=iwae_samples)
+
+    def elbo(key, params, data):
+        q = vae.encode(params["encoder"], data)
+        return map_datapoints(elbo_fn, key, params["decoder"], q, data, config.eval_batch_size).elbo
+
+    def iwae(key, params, data):
+        q = vae.encode(params["encoder"], data)
+        return map_datapoints(iwae_fn, key, params["decoder"], q, data, config.eval_batch_size)
+
+    return Evaluator(jax.jit(elbo), jax.jit(iwae))
+
+
+class TrainResult(NamedTuple):
+    state: TrainState
+    history: list  # one dict per epoch (train ELBO) and per evaluation (held-out numbers)
+    seconds: float
+
+
+def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optional[Array] = None,
+              *, progress: bool = True) -> TrainResult:
+    """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs.
+
+    Keys: init = fold_in(seed, 0), epoch e = fold_in(fold_in(seed, 1), e), evaluation at epoch
+    e = fold_in(fold_in(seed, 2), e). Raises FloatingPointError at the first NaN/inf loss.
+    """
+    root = jax.random.PRNGKey(config.seed)
+    init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
+    train_data = jnp.asarray(train_data)
+    state = vae.algorithm.init(init_key, train_data[0])
+    epoch_fn = make_epoch(vae.algorithm.step, config.batch_size)
+    evaluator = make_evaluator(vae, config, config.eval_iwae_samples) if eval_data is not None else None
+    history = []
+    start = time.perf_counter()
+    bar = tqdm.trange(1, config.num_epochs + 1, desc="train", unit="epoch", disable=not progress)
+    for epoch in bar:
+        state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, train_data)
+        bad = first_nonfinite(infos)
+        if bad is not None:
+            raise FloatingPointError(
+                f"non-finite training objective at epoch {epoch}, step {bad} of the epoch: "
+                f"loss={float(infos.loss[bad])}, elbo={float(infos.elbo[bad])}; "
+                "lower the learning rate or check the data")
+        record = {"epoch": epoch, "train_elbo": float(infos.elbo.mean())}
+        if evaluator is not None and config.eval_every and epoch % config.eval_every == 0:
+            key = jax.random.fold_in(eval_key, epoch)
+            record["eval_elbo"] = float(evaluator.elbo(key, state.params, eval_data).mean())
+            record[f"eval_iwae_{config.eval_iwae_samples}"] = float(
+                evaluator.iwae(key, state.params, eval_data).bound.mean())
+        history.append(record)
+        bar.set_postfix({k: round(v, 2) for k, v in record.items() if k != "epoch"})
+    jax.block_until_ready(state)
+    return TrainResult(state, history, time.perf_counter() - start)
