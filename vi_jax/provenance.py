@@ -1,0 +1,43 @@
+"""What produced a result: package versions, device, platform (stored with every result)."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+import jax
+
+PACKAGES = ("vi-jax", "jax", "jaxlib", "flax", "optax", "distrax", "chex", "numpy",
+            "scikit-learn", "tensorflow-datasets", "matplotlib")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Versions, git commit, Python, platform and the JAX devices in use."""
+    devices = jax.devices()
+    return {
+        "versions": {name: _version(name) for name in PACKAGES},
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+    }
