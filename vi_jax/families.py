@@ -27,6 +27,8 @@ class VariationalFamily(NamedTuple):
     distribution(params): q as a distrax distribution (reparameterized sampling, log-density).
     kl_to_prior(params): KL(q || N(0, I)) in closed form, or None where there is none
       (then the ELBO must use the Monte-Carlo form).
+    from_gaussian(params): the member equal to a diagonal Gaussian {"mean", "log_scale"}
+      (how local fits start from an amortized Gaussian encoder's output).
     """
 
     name: str
@@ -36,6 +38,12 @@ class VariationalFamily(NamedTuple):
     init: Callable[[], Params]
     distribution: Callable[[Params], distrax.Distribution]
     kl_to_prior: Optional[Callable[[Params], Array]]
+    from_gaussian: Callable[[Params], Params]
+
+    @property
+    def kl_form(self) -> str:
+        """The ELBO form this family supports best: "analytic" if it has a closed-form KL."""
+        return "analytic" if self.kl_to_prior is not None else "mc"
 
 
 def diagonal_gaussian(latent_dim: int) -> VariationalFamily:
@@ -66,6 +74,7 @@ def diagonal_gaussian(latent_dim: int) -> VariationalFamily:
         init=lambda: {"mean": jnp.zeros(latent_dim), "log_scale": jnp.zeros(latent_dim)},
         distribution=distribution,
         kl_to_prior=kl_to_prior,
+        from_gaussian=lambda params: params,
     )
 
 

@@ -1,0 +1,174 @@
+"""Per-datapoint (non-amortized) variational parameters: a table with a leading N axis whose
+optimizer state is per row, and a full-set fit against a fixed model.
+
+Minibatch mode (`RowOptimizer`): gather the rows of a batch and their optimizer states, update
+them with the vmapped single-row optax update (so each row keeps its own step count and
+moments), scatter them back. Rows outside the batch stay bit-for-bit unchanged; dense Adam over
+the whole table would move them through their momentum.
+
+Full-set mode (`make_local_fit`): all rows at once, vmapped, in one jitted loop over steps,
+with a per-datapoint convergence rule; converged rows stop moving.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vi_jax.elbo import make_elbo
+from vi_jax.families import VariationalFamily
+from vi_jax.models import LatentVariableModel
+
+Array = jax.Array
+Params = Any
+
+
+def tile_rows(params: Params, num_rows: int) -> Params:
+    """A table of num_rows copies of one datapoint's params (leading N axis)."""
+    return jax.tree.map(lambda p: jnp.broadcast_to(p, (num_rows,) + p.shape), params)
+
+
+def take_rows(table: Params, rows: Array) -> Params:
+    return jax.tree.map(lambda t: t[rows], table)
+
+
+def put_rows(table: Params, rows: Array, values: Params) -> Params:
+    return jax.tree.map(lambda t, v: t.at[rows].set(v), table, values)
+
+
+def where_rows(mask: Array, new: Params, old: Params) -> Params:
+    """Row i from `new` where mask[i], else from `old` (mask [N], leaves [N, ...])."""
+    return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+class RowOptimizer(NamedTuple):
+    """An optax optimizer applied independently to every row of a table.
+
+    init(table) -> per-row states (leading N axis, including per-row step counts);
+    update(grads, states, rows_params) for a batch of gathered rows -> (new rows, new states).
+    """
+
+    init: Callable[[Params], Any]
+    update: Callable[[Params, Any, Params], tuple[Params, Any]]
+
+    def step_rows(self, table: Params, states: Any, rows: Array, row_grads: Params):
+        """Apply one update to the given rows only; every other row and state is untouched."""
+        new_rows, new_states = self.update(row_grads, take_rows(states, rows), take_rows(table, rows))
+        return put_rows(table, rows, new_rows), put_rows(states, rows, new_states)
+
+
+def row_optimizer(optimizer: optax.GradientTransformation) -> RowOptimizer:
+    def update(grads, states, params):
+        updates, states = jax.vmap(optimizer.update)(grads, states, params)
+        return optax.apply_updates(params, updates), states
+
+    return RowOptimizer(jax.vmap(optimizer.init), update)
+
+
+class LocalFitConfig(NamedTuple):
+    """Convergence rule of the reference protocol (Cremer et al. 2018): every `check_every`
+    steps, compare the mean ELBO estimate of those steps with the row's best so far; a row that
+    has not improved for `patience` checks in a row has converged and stops moving. At most
+    `max_steps` steps (rounded up to whole checks)."""
+
+    learning_rate: float = 1e-3
+    num_samples: int = 1
+    check_every: int = 100
+    patience: int = 10
+    max_steps: int = 20_000
+
+
+class LocalFit(NamedTuple):
+    params: Params  # fitted table (leading N axis)
+    converged: Array  # bool [N]
+    steps: Array  # int32 [N]: steps taken by each row
+    best_average_elbo: Array  # [N]: best `check_every`-step average of the training ELBO estimates
+
+
+def make_local_fit(model: LatentVariableModel, family: VariationalFamily, config: LocalFitConfig,
+                   *, kl: str = "analytic") -> Callable:
+    """fit(key, theta, init_table, data) -> LocalFit: maximise L(x_i; q_i) over each q_i.
+
+    Every row runs Adam(config.learning_rate) on its own ELBO (config.num_samples draws per
+    step; step t of row i uses key fold_in(fold_in(key, t), i)). Jit the returned function.
+    """
+    elbo_fn = make_elbo(model, family, num_samples=config.num_samples, kl=kl)
+    optimizer = row_optimizer(optax.adam(config.learning_rate))
+    max_checks = -(-config.max_steps // config.check_every)
+
+    def grad_and_elbo(key, theta, q, x):
+        value, grad = jax.value_and_grad(lambda p: elbo_fn(key, theta, p, x).elbo)(q)
+        return grad, value
+
+    def fit(key: Array, theta: Params, init_table: Params, data: Array) -> LocalFit:
+        n = data.shape[0]
+        rows = jnp.arange(n)
+
+        def one_step(carry, t):
+            table, states, active = carry
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, t), rows)
+            grads, elbos = jax.vmap(grad_and_elbo, (0, None, 0, 0))(keys, theta, table, data)
+            new_table, new_states = optimizer.update(jax.tree.map(jnp.negative, grads), states, table)
+            return (where_rows(active, new_table, table), where_rows(active, new_states, states), active), elbos
+
+        def check(carry):
+            table, states, active, best, stale, steps, c = carry
+            ts = c * config.check_every + jnp.arange(config.check_every)
+            (table, states, _), elbos = jax.lax.scan(one_step, (table, states, active), ts)
+            average = elbos.mean(axis=0)
+            improved = average > best
+            best = jnp.where(active & improved, average, best)
+            stale = jnp.where(improved, 0, stale + 1)
+            steps = steps + jnp.where(active, config.check_every, 0)
+            active = active & (stale < config.patience)
+            return table, states, active, best, stale, steps, c + 1
+
+        def keep_going(carry):
+            active, c = carry[2], carry[6]
+            return jnp.any(active) & (c < max_checks)
+
+        init = (init_table, optimizer.init(init_table), jnp.ones(n, bool),
+                jnp.full(n, -jnp.inf), jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32), jnp.array(0))
+        table, _, active, best, _, steps, _ = jax.lax.while_loop(keep_going, check, init)
+        return LocalFit(table, ~active, steps, best)
+
+    return fit
+
+
+def make_refine(model: LatentVariableModel, family: VariationalFamily,
+                optimizer: optax.GradientTransformation, *, num_samples: int = 1,
+                kl: str = "analytic", return_path: bool = False) -> Callable:
+    """refine(key, theta, init_table, data, num_steps) -> table after num_steps ascent steps
+    (with return_path: the tables after 0, 1, ..., num_steps steps, stacked on a leading axis).
+
+    Semi-amortized inference (Kim et al. 2018): start every row from the encoder's output and
+    take a fixed number of per-row optimizer steps on its own ELBO, with no convergence rule.
+    Differentiable, so a caller may backpropagate through the refinement. Step t of row i uses
+    the same key as in `make_local_fit`, so refining k steps gives a prefix of a longer path.
+    `num_steps` must be static under jit.
+    """
+    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
+    row_opt = row_optimizer(optimizer)
+
+    def grad_of_elbo(key, theta, q, x):
+        return jax.grad(lambda p: elbo_fn(key, theta, p, x).elbo)(q)
+
+    def refine(key: Array, theta: Params, init_table: Params, data: Array, num_steps: int) -> Params:
+        rows = jnp.arange(data.shape[0])
+
+        def one_step(carry, t):
+            table, states = carry
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, t), rows)
+            grads = jax.vmap(grad_of_elbo, (0, None, 0, 0))(keys, theta, table, data)
+            table, states = row_opt.update(jax.tree.map(jnp.negative, grads), states, table)
+            return (table, states), (table if return_path else None)
+
+        (table, _), path = jax.lax.scan(one_step, (init_table, row_opt.init(init_table)),
+                                        jnp.arange(num_steps))
+        if return_path:
+            return jax.tree.map(lambda p0, p: jnp.concatenate([p0[None], p]), init_table, path)
+        return table
+
+    return refine
