@@ -73,6 +73,7 @@ def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progres
         "test_iwae": {**mean_and_stderr(test_iwae.bound), "k": config.final_iwae_samples,
                       "mean_mc_stderr_per_datapoint": float(jnp.mean(test_iwae.stderr))},
         "train_elbo": mean_and_stderr(train_elbo),
+        "data_dim": int(dataset.dim),
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "seed": config.seed,

@@ -6,7 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import optax
+
 from vi_jax import data
+from vi_jax.elbo import make_elbo, map_datapoints
+from vi_jax.local import make_refine
 from vi_jax.train import TrainInfo, first_nonfinite, kl_weight, make_epoch
 from vi_jax.vae import VAEConfig, build_vae, make_evaluator, train_vae
 
@@ -97,3 +101,40 @@ def test_first_nonfinite_finds_the_step():
 def test_diverging_training_stops_with_a_named_error(digits):
     with pytest.raises(FloatingPointError, match=r"non-finite training objective at epoch 1, step \d+"):
         run_small(digits, learning_rate=1e9, num_epochs=1)
+
+
+def test_non_amortized_training_moves_only_visited_rows(digits):
+    """One epoch visits floor(N / B) * B rows once each; the dropped remainder stays at the prior."""
+    train, _ = digits
+    config = dataclasses.replace(SMALL, mode="non_amortized", num_epochs=1)
+    vae = build_vae(config, train.shape[1], num_train=len(train))
+    assert vae.encoder is None
+    result = train_vae(vae, config, train, progress=False)
+    table = result.state.params["local"]
+    counts = np.asarray(result.state.opt_state[1][0].count)
+    visited = counts == 1
+    assert visited.sum() == (len(train) // config.batch_size) * config.batch_size
+    assert set(np.unique(counts)) == {0, 1}
+    for name, value in table.items():
+        assert np.all(np.asarray(value)[~visited] == 0.0)  # prior: mean 0, log_scale 0
+        assert np.all(np.any(np.asarray(value)[visited] != 0.0, axis=1))
+
+
+@pytest.mark.parametrize("differentiate", [False, True], ids=["stop-gradient", "differentiate-through"])
+def test_semi_amortized_training_learns_and_refinement_helps(digits, differentiate):
+    train, test = digits
+    config = dataclasses.replace(SMALL, mode="semi_amortized", num_epochs=8, refine_steps=3,
+                                 refine_differentiate=differentiate)
+    vae = build_vae(config, train.shape[1])
+    result = train_vae(vae, config, train, progress=False)
+    elbos = [h["train_elbo"] for h in result.history]
+    assert elbos[-1] > elbos[0] + 5.0, elbos
+    # K refinement steps from the trained encoder's output raise the ELBO (paired, > 4 SE)
+    params, x = result.state.params, train[:200]
+    q0 = vae.encode(params["encoder"], x)
+    refine = make_refine(vae.model, vae.family, optax.adam(config.refine_learning_rate))
+    q_k = jax.jit(refine, static_argnums=4)(jax.random.PRNGKey(1), params["decoder"], q0, x, config.refine_steps)
+    elbo = make_elbo(vae.model, vae.family, num_samples=50)
+    evaluate = jax.jit(lambda q: map_datapoints(elbo, jax.random.PRNGKey(2), params["decoder"], q, x).elbo)
+    gain = np.asarray(evaluate(q_k) - evaluate(q0))
+    assert gain.mean() > 4 * gain.std(ddof=1) / np.sqrt(gain.size), gain.mean()

@@ -29,17 +29,44 @@ def _parse(text: str, kind: Any, field: str) -> Any:
 def apply_overrides(config: C, assignments: Sequence[str]) -> C:
     """config with each "field=value" applied, parsed by the field's annotated type.
 
-    Tuples are comma-separated ("hidden=200,200"; "hidden=" for an empty tuple).
+    Tuples are comma-separated ("hidden=200,200"; "hidden=" for an empty tuple); a field of a
+    nested config is named with a dot ("vae.latent_dim=4").
     """
-    hints = typing.get_type_hints(type(config))
-    names = [f.name for f in dataclasses.fields(config)]
-    changes = {}
     for assignment in assignments:
-        field, sep, text = assignment.partition("=")
-        field = field.strip()
+        path, sep, text = assignment.partition("=")
         if not sep:
             raise ValueError(f"override {assignment!r} is not of the form field=value")
-        if field not in names:
-            raise ValueError(f"unknown config field {field!r}; fields: {names}")
-        changes[field] = _parse(text.strip(), hints[field], field)
-    return dataclasses.replace(config, **changes)
+        config = _set(config, path.strip().split("."), text.strip(), path.strip())
+    return config
+
+
+def _set(config: C, path: list[str], text: str, full: str) -> C:
+    hints = typing.get_type_hints(type(config))
+    names = [f.name for f in dataclasses.fields(config)]
+    field = path[0]
+    if field not in names:
+        raise ValueError(f"unknown config field {full!r}; fields: {names}")
+    value = getattr(config, field)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(value):
+            raise ValueError(f"config field {field!r} has no sub-fields (in {full!r})")
+        return dataclasses.replace(config, **{field: _set(value, path[1:], text, full)})
+    if dataclasses.is_dataclass(value):
+        raise ValueError(f"config field {full!r} is a nested config; set one of its fields with a dot")
+    return dataclasses.replace(config, **{field: _parse(text, hints[field], full)})
+
+
+def from_dict(cls: type[C], values: dict) -> C:
+    """Rebuild a (possibly nested) config dataclass from `dataclasses.asdict` output (JSON)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        kind, value = hints[f.name], values[f.name]
+        if dataclasses.is_dataclass(kind):
+            value = from_dict(kind, value)
+        elif typing.get_origin(kind) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,9 +1,13 @@
-"""Amortized variational inference as an init/step algorithm, and a fused training epoch.
+"""Training a decoder with three kinds of inference, all as init/step algorithms, and a fused epoch.
 
     algo = amortized_vi(model, family, encoder, optax.adam(1e-3))
     state = algo.init(key, x_example)
     state, info = algo.step(key, state, batch)        # one minibatch
     state, infos = make_epoch(algo.step, batch_size)(key, state, data)   # a whole epoch, one jit call
+
+amortized_vi: q_phi(z|x) from an encoder. non_amortized_vi: a table of per-datapoint q_i
+trained jointly with the decoder (its batches are (row indices, x)). semi_amortized_vi: the
+encoder's output refined by K per-datapoint steps (Kim et al. 2018).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import optax
 
 from vi_jax.elbo import make_elbo
 from vi_jax.families import VariationalFamily
+from vi_jax.local import make_refine, row_optimizer, take_rows, tile_rows
 from vi_jax.models import LatentVariableModel
 
 Array = jax.Array
@@ -23,7 +28,7 @@ Params = Any
 
 
 class TrainState(NamedTuple):
-    params: Params  # {"encoder": phi, "decoder": theta}
+    params: Params  # {"encoder": phi, "decoder": theta} or {"local": q table, "decoder": theta}
     opt_state: optax.OptState
     step: Array  # int32 scalar: optimiser steps taken
 
@@ -50,6 +55,29 @@ def kl_weight(step: Array, warmup_steps: int) -> Array:
     return jnp.minimum(1.0, (step + 1) / warmup_steps)
 
 
+def _encoder_decoder_init(model: LatentVariableModel, encoder: nn.Module,
+                          optimizer: optax.GradientTransformation) -> Callable[..., TrainState]:
+    def init(key: Array, x_example: Array) -> TrainState:
+        key_enc, key_dec = jax.random.split(key)
+        params = {"encoder": encoder.init(key_enc, x_example), "decoder": model.init(key_dec)}
+        return TrainState(params, optimizer.init(params), jnp.array(0, jnp.int32))
+
+    return init
+
+
+def _gradient_step(objective: Callable, optimizer: optax.GradientTransformation,
+                   kl_warmup_steps: int) -> Callable:
+    """step(key, state, batch): one optimizer step on objective(params, key, batch, beta)."""
+
+    def step(key: Array, state: TrainState, batch) -> tuple[TrainState, TrainInfo]:
+        beta = kl_weight(state.step, kl_warmup_steps)
+        grads, info = jax.grad(objective, has_aux=True)(state.params, key, batch, beta)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), info
+
+    return step
+
+
 def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder: nn.Module,
                  optimizer: optax.GradientTransformation, *, num_samples: int = 1,
                  kl: str = "analytic", kl_warmup_steps: int = 0) -> Algorithm:
@@ -59,11 +87,6 @@ def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder:
     objective is E_q[log p(x|z)] - beta_t KL; the logged `elbo` is always the true ELBO.
     """
     elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
-
-    def init(key: Array, x_example: Array) -> TrainState:
-        key_enc, key_dec = jax.random.split(key)
-        params = {"encoder": encoder.init(key_enc, x_example), "decoder": model.init(key_dec)}
-        return TrainState(params, optimizer.init(params), jnp.array(0, jnp.int32))
 
     def objective(params: Params, key: Array, batch: Array, beta: Array):
         def per_datapoint(k, x):
@@ -75,39 +98,114 @@ def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder:
         loss = -(terms.reconstruction - beta * terms.kl)
         return loss, TrainInfo(loss, terms.elbo, terms.reconstruction, terms.kl, beta)
 
-    def step(key: Array, state: TrainState, batch: Array) -> tuple[TrainState, TrainInfo]:
-        beta = kl_weight(state.step, kl_warmup_steps)
-        grads, info = jax.grad(objective, has_aux=True)(state.params, key, batch, beta)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), info
-
-    return Algorithm(init, step)
+    return Algorithm(_encoder_decoder_init(model, encoder, optimizer),
+                     _gradient_step(objective, optimizer, kl_warmup_steps))
 
 
 def make_epoch(step: Callable, batch_size: int) -> Callable:
     """One epoch fused into a single jitted `lax.scan`: no Python dispatch per step.
 
-    epoch(key, state, data) -> (state, infos): the rows of `data` are visited in the order of
-    `jax.random.permutation(key)` in floor(N / batch_size) minibatches (the remainder is
-    dropped); step t gets key fold_in(key, t). `state` is donated.
+    epoch(key, state, data) -> (state, infos): the rows of `data` (an array, or a pytree of
+    arrays sharing the leading axis) are visited in the order of `jax.random.permutation(key)`
+    in floor(N / batch_size) minibatches (the remainder is dropped); step t gets key
+    fold_in(key, t). `state` is donated.
     """
 
-    def epoch(key: Array, state, data: Array):
-        num_steps = data.shape[0] // batch_size
+    def epoch(key: Array, state, data):
+        num_rows = jax.tree.leaves(data)[0].shape[0]
+        num_steps = num_rows // batch_size
         if num_steps == 0:
-            raise ValueError(f"batch_size {batch_size} exceeds the {data.shape[0]} training rows")
+            raise ValueError(f"batch_size {batch_size} exceeds the {num_rows} training rows")
         perm_key, step_key = jax.random.split(key)
-        order = jax.random.permutation(perm_key, data.shape[0])
+        order = jax.random.permutation(perm_key, num_rows)
         batches = order[: num_steps * batch_size].reshape(num_steps, batch_size)
 
         def body(state, inputs):
             t, idx = inputs
-            return step(jax.random.fold_in(step_key, t), state, data[idx])
+            return step(jax.random.fold_in(step_key, t), state, take_rows(data, idx))
 
         return jax.lax.scan(body, state, (jnp.arange(num_steps), batches))
 
     return jax.jit(epoch, donate_argnums=1)
+
+
+def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_rows: int,
+                     optimizer: optax.GradientTransformation,
+                     local_optimizer: optax.GradientTransformation, *, num_samples: int = 1,
+                     kl: str = "analytic", kl_warmup_steps: int = 0) -> Algorithm:
+    """The seeds' non-amortized algorithm: one q_i per training datapoint, |theta| + N |lambda_i|.
+
+    Each step takes a minibatch of (row indices i, x_i), updates theta with the gradient of
+    (1/B) sum_i L(x_i; q_i, theta), and updates each q_i in the batch with grad_{lambda_i} L_i
+    through a per-row optimizer (rows outside the batch and their optimizer states do not move).
+    The table starts at the prior.
+    """
+    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
+    rows_opt = row_optimizer(local_optimizer)
+
+    def init(key: Array, x_example: Array) -> TrainState:
+        table = tile_rows(family.init(), num_rows)
+        params = {"local": table, "decoder": model.init(key)}
+        return TrainState(params, (optimizer.init(params["decoder"]), rows_opt.init(table)),
+                          jnp.array(0, jnp.int32))
+
+    def objective(theta, q_rows, key, x, beta):
+        keys = jax.random.split(key, x.shape[0])
+        terms = jax.vmap(elbo_fn, (0, None, 0, 0))(keys, theta, q_rows, x)
+        per_point = terms.reconstruction - beta * terms.kl
+        terms = jax.tree.map(jnp.mean, terms)
+        # sum over the batch: d/d lambda_i is the per-datapoint gradient of L_i
+        return -jnp.sum(per_point), TrainInfo(-jnp.mean(per_point), terms.elbo, terms.reconstruction,
+                                              terms.kl, beta)
+
+    def step(key: Array, state: TrainState, batch) -> tuple[TrainState, TrainInfo]:
+        rows, x = batch
+        beta = kl_weight(state.step, kl_warmup_steps)
+        theta_opt, rows_state = state.opt_state
+        q_rows = take_rows(state.params["local"], rows)
+        (g_theta, g_rows), info = jax.grad(objective, argnums=(0, 1), has_aux=True)(
+            state.params["decoder"], q_rows, key, x, beta)
+        g_theta = jax.tree.map(lambda g: g / x.shape[0], g_theta)  # theta follows the batch mean
+        updates, theta_opt = optimizer.update(g_theta, theta_opt, state.params["decoder"])
+        theta = optax.apply_updates(state.params["decoder"], updates)
+        table, rows_state = rows_opt.step_rows(state.params["local"], rows_state, rows, g_rows)
+        return TrainState({"local": table, "decoder": theta}, (theta_opt, rows_state), state.step + 1), info
+
+    return Algorithm(init, step)
+
+
+def semi_amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder: nn.Module,
+                      optimizer: optax.GradientTransformation, *, refine_steps: int,
+                      refine_optimizer: optax.GradientTransformation, differentiate: bool = False,
+                      num_samples: int = 1, kl: str = "analytic", kl_warmup_steps: int = 0) -> Algorithm:
+    """Semi-amortized VI (Kim et al. 2018): lambda_0 = encoder(x), lambda_K = K per-datapoint
+    refinement steps from lambda_0 on the ELBO (with theta held fixed inside the refinement).
+
+    The decoder maximises L(x; lambda_K, theta). differentiate=False: lambda_K is a constant
+    (stop-gradient) and the encoder maximises its own L(x; lambda_0) against the same decoder;
+    differentiate=True: the encoder maximises L(x; lambda_K(phi)), backpropagating through the
+    K refinement steps. The logged `elbo` is L(x; lambda_K).
+    """
+    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
+    refine = make_refine(model, family, refine_optimizer, num_samples=num_samples, kl=kl)
+
+    def objective(params, key, batch, beta):
+        theta, theta_fixed = params["decoder"], jax.lax.stop_gradient(params["decoder"])
+        q0 = jax.vmap(lambda x: family.unflatten(encoder.apply(params["encoder"], x)))(batch)
+        refine_key, key_k, key_0 = jax.random.split(key, 3)
+        start = q0 if differentiate else jax.lax.stop_gradient(q0)
+        q_k = refine(refine_key, theta_fixed, start, batch, refine_steps)
+        keys = jax.random.split(key_k, batch.shape[0])
+        terms = jax.tree.map(jnp.mean, jax.vmap(elbo_fn, (0, None, 0, 0))(keys, theta, q_k, batch))
+        loss = -(terms.reconstruction - beta * terms.kl)
+        if not differentiate:
+            keys = jax.random.split(key_0, batch.shape[0])
+            enc = jax.tree.map(jnp.mean, jax.vmap(elbo_fn, (0, None, 0, 0))(keys, theta_fixed, q0, batch))
+            loss = loss - (enc.reconstruction - beta * enc.kl)
+        return loss, TrainInfo(loss, terms.elbo, terms.reconstruction, terms.kl, beta)
+
+    return Algorithm(_encoder_decoder_init(model, encoder, optimizer),
+                     _gradient_step(objective, optimizer, kl_warmup_steps))
 
 
 def first_nonfinite(infos: TrainInfo) -> int | None:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,11 +16,13 @@ import optax
 import tqdm
 
 from vi_jax import networks
+from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import KL_FORMS, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
 from vi_jax.models import LatentVariableModel, decoder_model
-from vi_jax.train import Algorithm, TrainState, amortized_vi, first_nonfinite, make_epoch
+from vi_jax.train import (Algorithm, TrainState, amortized_vi, first_nonfinite, make_epoch,
+                          non_amortized_vi, semi_amortized_vi)
 
 Array = jax.Array
 
@@ -46,12 +51,19 @@ class VAEConfig:
     eval_iwae_samples: int = 100  # K of the periodic held-out IWAE
     final_iwae_samples: int = 5000  # K of the final held-out IWAE
     eval_batch_size: int = 100  # datapoints vmapped at once in evaluation
+    mode: str = "amortized"  # inference used in training: see TRAINING_MODES
+    local_learning_rate: float = 1e-2  # non_amortized: Adam on each q_i
+    refine_steps: int = 5  # semi_amortized: K refinement steps per minibatch
+    refine_learning_rate: float = 1e-2  # semi_amortized: Adam on each refined q_i
+    refine_differentiate: bool = False  # semi_amortized: backpropagate through the refinement
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option (before any work is done)."""
         get_likelihood(self.likelihood)
         get_family(self.family, max(self.latent_dim, 1))
         networks.check_network_options(self.activation, self.kernel_init)
+        if self.mode not in TRAINING_MODES:
+            raise ValueError(f"unknown training mode {self.mode!r}; known: {TRAINING_MODES}")
         if self.kl not in KL_FORMS:
             raise ValueError(f"unknown kl form {self.kl!r}; known: {KL_FORMS}")
         positive = ("latent_dim", "num_samples", "batch_size", "num_epochs", "eval_elbo_samples",
@@ -59,24 +71,40 @@ class VAEConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("learning_rate", "local_learning_rate", "refine_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
         if self.eval_every < 0 or self.kl_warmup_epochs < 0:
             raise ValueError("eval_every and kl_warmup_epochs must be >= 0")
+
+
+TRAINING_MODES = ("amortized", "non_amortized", "semi_amortized")
 
 
 class VAE(NamedTuple):
     model: LatentVariableModel
     family: VariationalFamily
-    encoder: nn.Module
+    encoder: Optional[nn.Module]  # None in non_amortized mode
     algorithm: Algorithm
+    mode: str
 
     def encode(self, encoder_params, x: Array):
         """Variational parameters q_phi(z|x) for a batch x [N, D] (leading N axis)."""
+        if self.encoder is None:
+            raise ValueError("a non_amortized VAE has no encoder")
         return jax.vmap(self.family.unflatten)(self.encoder.apply(encoder_params, x))
 
+    def training_data(self, x: Array):
+        """What the algorithm's minibatches are drawn from: x, or (row indices, x) for q_i tables."""
+        x = jnp.asarray(x)
+        return (jnp.arange(x.shape[0]), x) if self.mode == "non_amortized" else x
 
-def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1) -> VAE:
+
+def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1, num_train: int = 0) -> VAE:
+    """The model, family, encoder and training algorithm a config describes (num_train: the
+    size of the q_i table in non_amortized mode)."""
     config.validate()
     likelihood = get_likelihood(config.likelihood)
     family = get_family(config.family, config.latent_dim)
@@ -85,10 +113,22 @@ def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1) -> VAE
     encoder = networks.encoder(config.encoder_hidden, family.num_params, config.activation,
                                config.kernel_init)
     model = decoder_model(decoder, likelihood, config.latent_dim, data_dim)
-    algorithm = amortized_vi(model, family, encoder, optax.adam(config.learning_rate),
-                             num_samples=config.num_samples, kl=config.kl,
-                             kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch)
-    return VAE(model, family, encoder, algorithm)
+    common = dict(num_samples=config.num_samples, kl=config.kl,
+                  kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch)
+    optimizer = optax.adam(config.learning_rate)
+    if config.mode == "amortized":
+        algorithm = amortized_vi(model, family, encoder, optimizer, **common)
+    elif config.mode == "semi_amortized":
+        algorithm = semi_amortized_vi(model, family, encoder, optimizer, refine_steps=config.refine_steps,
+                                      refine_optimizer=optax.adam(config.refine_learning_rate),
+                                      differentiate=config.refine_differentiate, **common)
+    else:
+        if num_train < 1:
+            raise ValueError("non_amortized mode needs num_train, the number of q_i rows")
+        algorithm = non_amortized_vi(model, family, num_train, optimizer,
+                                     optax.adam(config.local_learning_rate), **common)
+        encoder = None
+    return VAE(model, family, encoder, algorithm, config.mode)
 
 
 def mean_and_stderr(values) -> dict:
@@ -130,7 +170,8 @@ class TrainResult(NamedTuple):
 
 def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optional[Array] = None,
               *, progress: bool = True) -> TrainResult:
-    """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs.
+    """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs
+    (held-out evaluation needs an encoder, so it is skipped in non_amortized mode).
 
     Keys: init = fold_in(seed, 0), epoch e = fold_in(fold_in(seed, 1), e), evaluation at epoch
     e = fold_in(fold_in(seed, 2), e). Raises FloatingPointError at the first NaN/inf loss.
@@ -139,13 +180,15 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     train_data = jnp.asarray(train_data)
     state = vae.algorithm.init(init_key, train_data[0])
+    batches_from = vae.training_data(train_data)
     epoch_fn = make_epoch(vae.algorithm.step, config.batch_size)
-    evaluator = make_evaluator(vae, config, config.eval_iwae_samples) if eval_data is not None else None
+    has_encoder = vae.encoder is not None
+    evaluator = make_evaluator(vae, config, config.eval_iwae_samples) if eval_data is not None and has_encoder else None
     history = []
     start = time.perf_counter()
     bar = tqdm.trange(1, config.num_epochs + 1, desc="train", unit="epoch", disable=not progress)
     for epoch in bar:
-        state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, train_data)
+        state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, batches_from)
         bad = first_nonfinite(infos)
         if bad is not None:
             raise FloatingPointError(
@@ -162,3 +205,26 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
         bar.set_postfix({k: round(v, 2) for k, v in record.items() if k != "epoch"})
     jax.block_until_ready(state)
     return TrainResult(state, history, time.perf_counter() - start)
+
+
+def load_trained_vae(workdir: str) -> tuple[VAEConfig, VAE, dict]:
+    """(config, vae, params) from a train_vae workdir (its metrics.json and params.msgpack)."""
+    metrics_path, params_path = os.path.join(workdir, "metrics.json"), os.path.join(workdir, "params.msgpack")
+    for path in (metrics_path, params_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: point to the workdir of a finished train_vae run")
+    with open(metrics_path) as f:
+        saved = json.load(f)
+    config = from_dict(VAEConfig, saved["config"])
+    with open(params_path, "rb") as f:
+        raw = f.read()
+    data_dim = saved.get("data_dim")
+    if data_dim is None:
+        raise ValueError(f"{metrics_path} records no data_dim; rerun train_vae with this version")
+    vae = build_vae(config, data_dim)
+    template = vae.algorithm.init(jax.random.PRNGKey(0), jnp.zeros(data_dim)).params
+    try:
+        params = flax.serialization.from_bytes(template, raw)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{params_path} does not match the network its config describes: {err}") from err
+    return config, vae, params
