@@ -1,0 +1,142 @@
+"""The gap decomposition of Cremer, Li & Duvenaud (2018), per datapoint, for one decoder.
+
+    inference gap      = log p(x) - L[q_phi]
+    approximation gap  = log p(x) - L[q*]        (q* = the family's best member, fitted per datapoint)
+    amortization gap   = L[q*]    - L[q_phi]
+
+log p(x) is estimated by IWAE_K with the fitted q* as proposal (the larger estimate over the
+fitted families, per datapoint, as in the reference protocol). Every mean comes with the
+standard error over datapoints of the per-datapoint values (gaps: of the paired differences),
+so inference = approximation + amortization holds exactly, datapoint by datapoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vi_jax.elbo import make_elbo, make_iwae, map_datapoints
+from vi_jax.families import VariationalFamily
+from vi_jax.local import LocalFitConfig, make_local_fit, make_refine, tile_rows
+from vi_jax.models import LatentVariableModel
+from vi_jax.vae import mean_and_stderr
+
+Array = jax.Array
+Params = Any
+
+LOCAL_INITS = ("encoder", "prior")
+
+
+@dataclasses.dataclass(frozen=True)
+class GapProtocol:
+    """How each quantity is estimated (defaults follow Cremer et al. 2018 where they say)."""
+
+    local_fit: LocalFitConfig = LocalFitConfig()
+    local_init: str = "encoder"  # start q* from the encoder's output, or from the prior
+    elbo_samples: int = 1000  # draws per datapoint for every reported ELBO
+    iwae_samples: int = 5000  # K of the log p(x) estimate
+    iwae_chunk_size: int = 100
+    batch_size: int = 100  # datapoints vmapped at once in evaluation
+    refine_steps: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 50)  # semi-amortized curve
+    refine_learning_rate: float = 1e-2  # Adam, per datapoint, from the encoder's output
+
+    def validate(self) -> None:
+        if self.local_init not in LOCAL_INITS:
+            raise ValueError(f"unknown local_init {self.local_init!r}; known: {LOCAL_INITS}")
+        if min(self.elbo_samples, self.iwae_samples, self.iwae_chunk_size, self.batch_size) < 1:
+            raise ValueError("elbo_samples, iwae_samples, iwae_chunk_size and batch_size must be >= 1")
+        if any(k < 0 for k in self.refine_steps):
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+
+
+def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
+                  amortized_family: VariationalFamily, amortized_table: Params,
+                  local_families: dict[str, VariationalFamily], data: Array,
+                  protocol: GapProtocol = GapProtocol(),
+                  log: Optional[Callable[[str], None]] = None) -> tuple[dict, dict]:
+    """Per-datapoint quantities of the decomposition for the rows of `data`.
+
+    amortized_table: q_phi(z|x_i) for every row (leading N axis), a member of amortized_family.
+    local_families: name -> family fitted per datapoint (e.g. {"ffg": ..., "flow": ...}).
+    Returns (arrays, info): arrays of shape [N] named elbo_amortized, elbo_local_<name>,
+    iwae_<name> and iwae_stderr_<name> (log p(x) with q*_<name>), log_px, log_px_stderr,
+    inference_gap, approximation_gap_<name>, amortization_gap_<name>, elbo_refined_<k>;
+    info: wall seconds per stage, converged counts and steps of each local fit.
+    """
+    protocol.validate()
+    data = jnp.asarray(data)
+    n = data.shape[0]
+    log = log or (lambda message: None)
+    keys = dict(zip(("amortized", "local", "iwae", "refine", "refine_eval"), jax.random.split(key, 5)))
+    arrays, seconds, fits = {}, {}, {}
+
+    elbo_jits = {}
+
+    def elbo_of(family, table, k):
+        """Per-datapoint ELBO with protocol.elbo_samples draws (one compiled function per family)."""
+        if family.name not in elbo_jits:
+            fn = make_elbo(model, family, num_samples=protocol.elbo_samples, kl=family.kl_form)
+            elbo_jits[family.name] = jax.jit(
+                lambda k, th, t, x: map_datapoints(fn, k, th, t, x, protocol.batch_size).elbo)
+        return np.asarray(elbo_jits[family.name](k, theta, table, data))
+
+    start = time.perf_counter()
+    arrays["elbo_amortized"] = elbo_of(amortized_family, amortized_table, keys["amortized"])
+    seconds["elbo_amortized"] = time.perf_counter() - start
+
+    for index, (name, family) in enumerate(local_families.items()):
+        log(f"fitting local {name} q* for {n} datapoints")
+        start = time.perf_counter()
+        if protocol.local_init == "encoder":
+            init = jax.vmap(family.from_gaussian)(amortized_table)
+        else:
+            init = tile_rows(family.init(), n)
+        fit = jax.jit(make_local_fit(model, family, protocol.local_fit, kl=family.kl_form))
+        result = fit(jax.random.fold_in(keys["local"], index), theta, init, data)
+        arrays[f"elbo_local_{name}"] = elbo_of(family, result.params, jax.random.fold_in(keys["local"], 100 + index))
+        seconds[f"local_fit_{name}"] = time.perf_counter() - start
+        fits[name] = {"converged": int(result.converged.sum()), "n": n,
+                      "median_steps": float(np.median(np.asarray(result.steps))),
+                      "max_steps": int(np.max(np.asarray(result.steps)))}
+
+        log(f"IWAE_{protocol.iwae_samples} with local {name} q* as proposal")
+        start = time.perf_counter()
+        iwae_fn = make_iwae(model, family, num_samples=protocol.iwae_samples,
+                            chunk_size=protocol.iwae_chunk_size)
+        iwae = jax.jit(lambda k, th, t, x: map_datapoints(iwae_fn, k, th, t, x, protocol.batch_size))(
+            jax.random.fold_in(keys["iwae"], index), theta, result.params, data)
+        arrays[f"iwae_{name}"] = np.asarray(iwae.bound)
+        arrays[f"iwae_stderr_{name}"] = np.asarray(iwae.stderr)
+        seconds[f"iwae_{name}"] = time.perf_counter() - start
+
+    names = list(local_families)
+    estimates = np.stack([arrays[f"iwae_{name}"] for name in names])
+    best = np.argmax(estimates, axis=0)
+    arrays["log_px"] = estimates[best, np.arange(n)]
+    arrays["log_px_stderr"] = np.stack([arrays[f"iwae_stderr_{name}"] for name in names])[best, np.arange(n)]
+    arrays["inference_gap"] = arrays["log_px"] - arrays["elbo_amortized"]
+    for name in names:
+        arrays[f"approximation_gap_{name}"] = arrays["log_px"] - arrays[f"elbo_local_{name}"]
+        arrays[f"amortization_gap_{name}"] = arrays[f"elbo_local_{name}"] - arrays["elbo_amortized"]
+
+    log(f"semi-amortized refinement, K = {protocol.refine_steps}")
+    start = time.perf_counter()
+    refine = make_refine(model, amortized_family, optax.adam(protocol.refine_learning_rate),
+                         kl=amortized_family.kl_form, return_path=True)
+    path = jax.jit(refine, static_argnums=4)(keys["refine"], theta, amortized_table, data,
+                                             max(protocol.refine_steps))
+    for k in protocol.refine_steps:
+        table = jax.tree.map(lambda p: p[k], path)
+        arrays[f"elbo_refined_{k}"] = elbo_of(amortized_family, table, keys["refine_eval"])
+    seconds["semi_amortized"] = time.perf_counter() - start
+    return arrays, {"seconds": seconds, "local_fits": fits}
+
+
+def summarize(arrays: dict) -> dict:
+    """{"mean", "stderr"} over datapoints for every per-datapoint array."""
+    return {name: mean_and_stderr(values) for name, values in arrays.items()}
