@@ -38,3 +38,10 @@ def test_invalid_config_is_named(changes, match):
     import dataclasses
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(VAEConfig(), **changes).validate()
+
+
+def test_flow_family_needs_the_monte_carlo_kl():
+    import dataclasses
+    with pytest.raises(ValueError, match="no closed-form KL; set kl=mc"):
+        dataclasses.replace(VAEConfig(), family="flow").validate()
+    dataclasses.replace(VAEConfig(), family="flow", kl="mc").validate()

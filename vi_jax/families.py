@@ -78,10 +78,14 @@ def diagonal_gaussian(latent_dim: int) -> VariationalFamily:
     )
 
 
-FAMILIES = {"gaussian": diagonal_gaussian}
+FAMILY_NAMES = ("gaussian", "flow")
 
 
 def get_family(name: str, latent_dim: int) -> VariationalFamily:
-    if name not in FAMILIES:
-        raise ValueError(f"unknown variational family {name!r}; known: {sorted(FAMILIES)}")
-    return FAMILIES[name](latent_dim)
+    """A family by name, with its default settings ("flow": vi_jax.flows.coupling_flow)."""
+    from vi_jax.flows import coupling_flow  # flows builds on this module
+
+    families = {"gaussian": diagonal_gaussian, "flow": coupling_flow}
+    if name not in families:
+        raise ValueError(f"unknown variational family {name!r}; known: {list(FAMILY_NAMES)}")
+    return families[name](latent_dim)

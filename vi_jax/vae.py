@@ -59,13 +59,6 @@ class VAEConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option (before any work is done)."""
-        get_likelihood(self.likelihood)
-        get_family(self.family, max(self.latent_dim, 1))
-        networks.check_network_options(self.activation, self.kernel_init)
-        if self.mode not in TRAINING_MODES:
-            raise ValueError(f"unknown training mode {self.mode!r}; known: {TRAINING_MODES}")
-        if self.kl not in KL_FORMS:
-            raise ValueError(f"unknown kl form {self.kl!r}; known: {KL_FORMS}")
         positive = ("latent_dim", "num_samples", "batch_size", "num_epochs", "eval_elbo_samples",
                     "eval_iwae_samples", "final_iwae_samples", "eval_batch_size")
         for name in positive:
@@ -74,10 +67,17 @@ class VAEConfig:
         for name in ("learning_rate", "local_learning_rate", "refine_learning_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.refine_steps < 0:
-            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
-        if self.eval_every < 0 or self.kl_warmup_epochs < 0:
-            raise ValueError("eval_every and kl_warmup_epochs must be >= 0")
+        if min(self.eval_every, self.kl_warmup_epochs, self.refine_steps) < 0:
+            raise ValueError("eval_every, kl_warmup_epochs and refine_steps must be >= 0")
+        get_likelihood(self.likelihood)
+        networks.check_network_options(self.activation, self.kernel_init)
+        if self.mode not in TRAINING_MODES:
+            raise ValueError(f"unknown training mode {self.mode!r}; known: {TRAINING_MODES}")
+        if self.kl not in KL_FORMS:
+            raise ValueError(f"unknown kl form {self.kl!r}; known: {KL_FORMS}")
+        family = get_family(self.family, self.latent_dim)
+        if self.kl == "analytic" and family.kl_to_prior is None:
+            raise ValueError(f"family {self.family!r} has no closed-form KL; set kl=mc")
 
 
 TRAINING_MODES = ("amortized", "non_amortized", "semi_amortized")
