@@ -1,4 +1,6 @@
 """Per-datapoint variational parameters: per-row optimizer state, full-set fits, refinement."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,7 +87,7 @@ def test_local_fit_beats_the_encoder_and_converged_rows_stop(trained):
     assert bool(result.converged.all()) and int(result.steps.max()) < FIT.max_steps
     # rows that converged within a shorter cap (the median row's steps) do not move when it is raised
     cap = int(np.median(np.asarray(result.steps)))
-    short = jax.jit(make_local_fit(vae.model, vae.family, FIT._replace(max_steps=cap)))(
+    short = jax.jit(make_local_fit(vae.model, vae.family, dataclasses.replace(FIT, max_steps=cap)))(
         jax.random.PRNGKey(0), params["decoder"], encoder_q, x)
     done = np.asarray(short.converged)
     assert 0 < done.sum() < len(done), np.asarray(result.steps)

@@ -36,7 +36,7 @@ LOCAL_INITS = ("encoder", "prior")
 class GapProtocol:
     """How each quantity is estimated (defaults follow Cremer et al. 2018 where they say)."""
 
-    local_fit: LocalFitConfig = LocalFitConfig()
+    local_fit: LocalFitConfig = LocalFitConfig()  # the q* optimiser and its convergence rule
     local_init: str = "encoder"  # start q* from the encoder's output, or from the prior
     elbo_samples: int = 1000  # draws per datapoint for every reported ELBO
     iwae_samples: int = 5000  # K of the log p(x) estimate
@@ -55,13 +55,16 @@ class GapProtocol:
 
 
 def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
-                  amortized_family: VariationalFamily, amortized_table: Params,
+                  amortized_family: VariationalFamily, amortized_table: Optional[Params],
                   local_families: dict[str, VariationalFamily], data: Array,
                   protocol: GapProtocol = GapProtocol(),
                   log: Optional[Callable[[str], None]] = None) -> tuple[dict, dict]:
     """Per-datapoint quantities of the decomposition for the rows of `data`.
 
-    amortized_table: q_phi(z|x_i) for every row (leading N axis), a member of amortized_family.
+    amortized_table: q_phi(z|x_i) for every row (leading N axis), a member of amortized_family;
+    None when there is no such q (a decoder trained without an encoder, on held-out data):
+    then only log p(x), the local ELBOs and the approximation gaps are computed, and the local
+    fits must start from the prior.
     local_families: name -> family fitted per datapoint (e.g. {"ffg": ..., "flow": ...}).
     Returns (arrays, info): arrays of shape [N] named elbo_amortized, elbo_local_<name>,
     iwae_<name> and iwae_stderr_<name> (log p(x) with q*_<name>), log_px, log_px_stderr,
@@ -85,9 +88,12 @@ def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
                 lambda k, th, t, x: map_datapoints(fn, k, th, t, x, protocol.batch_size).elbo)
         return np.asarray(elbo_jits[family.name](k, theta, table, data))
 
-    start = time.perf_counter()
-    arrays["elbo_amortized"] = elbo_of(amortized_family, amortized_table, keys["amortized"])
-    seconds["elbo_amortized"] = time.perf_counter() - start
+    if amortized_table is None and protocol.local_init == "encoder":
+        raise ValueError("local_init='encoder' needs an amortized_table; use local_init='prior'")
+    if amortized_table is not None:
+        start = time.perf_counter()
+        arrays["elbo_amortized"] = elbo_of(amortized_family, amortized_table, keys["amortized"])
+        seconds["elbo_amortized"] = time.perf_counter() - start
 
     for index, (name, family) in enumerate(local_families.items()):
         log(f"fitting local {name} q* for {n} datapoints")
@@ -119,9 +125,12 @@ def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
     best = np.argmax(estimates, axis=0)
     arrays["log_px"] = estimates[best, np.arange(n)]
     arrays["log_px_stderr"] = np.stack([arrays[f"iwae_stderr_{name}"] for name in names])[best, np.arange(n)]
-    arrays["inference_gap"] = arrays["log_px"] - arrays["elbo_amortized"]
     for name in names:
         arrays[f"approximation_gap_{name}"] = arrays["log_px"] - arrays[f"elbo_local_{name}"]
+    if amortized_table is None:
+        return arrays, {"seconds": seconds, "local_fits": fits}
+    arrays["inference_gap"] = arrays["log_px"] - arrays["elbo_amortized"]
+    for name in names:
         arrays[f"amortization_gap_{name}"] = arrays[f"elbo_local_{name}"] - arrays["elbo_amortized"]
 
     log(f"semi-amortized refinement, K = {protocol.refine_steps}")

@@ -11,6 +11,7 @@ with a per-datapoint convergence rule; converged rows stop moving.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -67,7 +68,8 @@ def row_optimizer(optimizer: optax.GradientTransformation) -> RowOptimizer:
     return RowOptimizer(jax.vmap(optimizer.init), update)
 
 
-class LocalFitConfig(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class LocalFitConfig:
     """Convergence rule of the reference protocol (Cremer et al. 2018): every `check_every`
     steps, compare the mean ELBO estimate of those steps with the row's best so far; a row that
     has not improved for `patience` checks in a row has converged and stops moving. At most

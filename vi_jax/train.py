@@ -138,14 +138,15 @@ def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_
     Each step takes a minibatch of (row indices i, x_i), updates theta with the gradient of
     (1/B) sum_i L(x_i; q_i, theta), and updates each q_i in the batch with grad_{lambda_i} L_i
     through a per-row optimizer (rows outside the batch and their optimizer states do not move).
-    The table starts at the prior.
+    The table starts at the prior; theta starts where amortized_vi's decoder does for the same key.
     """
     elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
     rows_opt = row_optimizer(local_optimizer)
 
     def init(key: Array, x_example: Array) -> TrainState:
         table = tile_rows(family.init(), num_rows)
-        params = {"local": table, "decoder": model.init(key)}
+        _, key_dec = jax.random.split(key)  # the decoder key of amortized_vi's init
+        params = {"local": table, "decoder": model.init(key_dec)}
         return TrainState(params, (optimizer.init(params["decoder"]), rows_opt.init(table)),
                           jnp.array(0, jnp.int32))
 

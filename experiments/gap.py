@@ -1,0 +1,211 @@
+"""The main job: where does the ELBO lose to log p(x)? Amortization vs approximation gap.
+
+    python -m experiments.gap --workdir runs/gap                 # digits, a few minutes on 2 CPU cores
+    python -m experiments.gap --workdir runs/gap --quick         # smoke run, about a minute
+    python -m experiments.gap --checkpoint runs/train_vae        # use a trained VAE instead of training one
+
+Trains an amortized VAE (or loads one), then on a fixed seeded subset of the training split
+and of the test split computes per datapoint: L[q_phi] (encoder), L[q*_FFG] and L[q*_flow]
+(fitted per datapoint with Adam until the 100-step average ELBO stops improving for 10
+checks), log p(x) (IWAE K=5000 with the fitted q* as proposal, the larger over the two
+families), and the semi-amortized ELBO after K refinement steps from the encoder's output.
+
+Writes into --workdir (each file atomically, gap.json last): gap.json (per split: n_eval and
+{"mean", "stderr"} of log_px, elbo_amortized, elbo_local_ffg, elbo_local_flow, inference_gap,
+approximation_gap_{ffg,flow}, amortization_gap_{ffg,flow}, semi_amortized curve; top level:
+seed, config, environment, wall seconds of each stage), gap.md (the same as tables),
+gap_bars.png, local_vs_amortized.png, refinement.png, gap_<split>.npz (per-datapoint arrays),
+and vae_params.msgpack when it trained the VAE.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vi_jax import data, io, plotting, provenance
+from vi_jax.config import apply_overrides
+from vi_jax.flows import coupling_flow
+from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
+from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, train_vae
+
+SPLITS = ("train", "test")
+QUANTITIES = ("log_px", "elbo_amortized", "elbo_local_ffg", "elbo_local_flow", "inference_gap",
+              "approximation_gap_ffg", "amortization_gap_ffg", "approximation_gap_flow",
+              "amortization_gap_flow")
+
+
+@dataclasses.dataclass(frozen=True)
+class GapConfig:
+    seed: int = 0
+    vae: VAEConfig = VAEConfig()
+    checkpoint: str = ""  # a train_vae workdir to load instead of training
+    n_eval: int = 300  # datapoints per split (a seeded subset; digits' test split has 300)
+    flow_layers: int = 4
+    flow_hidden: int = 16
+    protocol: GapProtocol = GapProtocol()
+
+
+QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",
+         "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=100",
+         "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
+
+
+def subset(key, x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted row indices, rows) of a seeded subset of n rows (all rows if n >= len(x))."""
+    index = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:n])
+    return index, x[index]
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Gap decomposition", "",
+             f"seed {result['seed']}; log p(x): IWAE K={result['config']['protocol']['iwae_samples']} with the fitted q*; "
+             "nats per datapoint, mean ± standard error over datapoints.", ""]
+    for split, r in result["splits"].items():
+        lines += [f"## {split} split (n = {r['n_eval']})", "", "| quantity | mean | stderr |", "| --- | ---: | ---: |"]
+        lines += [f"| {q} | {r[q]['mean']:.3f} | {r[q]['stderr']:.3f} |" for q in QUANTITIES]
+        curve = r["semi_amortized"]
+        lines += ["", "Semi-amortized: ELBO after K refinement steps from the encoder's output", "",
+                  "| K | ELBO | stderr |", "| ---: | ---: | ---: |"]
+        lines += [f"| {k} | {e['mean']:.3f} | {e['stderr']:.3f} |" for k, e in zip(curve["k"], curve["elbo"])]
+        fits = r["local_fits"]
+        lines += ["", "Local fits: " + "; ".join(
+            f"{name}: {f['converged']}/{f['n']} converged, median {f['median_steps']:.0f} steps"
+            for name, f in fits.items()), ""]
+    return "\n".join(lines)
+
+
+def figures(result: dict, arrays: dict, workdir: str) -> None:
+    plt = plotting.plt
+    fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4), squeeze=False)
+    for ax, (split, r) in zip(axes[0], result["splits"].items()):
+        names = ["inference_gap", "approximation_gap_ffg", "amortization_gap_ffg",
+                 "approximation_gap_flow", "amortization_gap_flow"]
+        ax.bar(range(len(names)), [r[n]["mean"] for n in names], yerr=[2 * r[n]["stderr"] for n in names],
+               color=["grey", "C0", "C1", "C0", "C1"], hatch=None)
+        ax.set_xticks(range(len(names)), ["inference", "approx\nFFG", "amort\nFFG", "approx\nflow", "amort\nflow"])
+        ax.set_ylabel("nats (± 2 s.e.)")
+        ax.set_title(f"{split} (n = {r['n_eval']})")
+    io.atomic_save_figure(fig, os.path.join(workdir, "gap_bars.png"))
+    plotting.close(fig)
+
+    fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4.5), squeeze=False)
+    for ax, (split, a) in zip(axes[0], arrays.items()):
+        ax.scatter(a["elbo_amortized"], a["elbo_local_ffg"], s=6, label="q*_FFG")
+        ax.scatter(a["elbo_amortized"], a["elbo_local_flow"], s=6, label="q*_flow")
+        lo, hi = np.min(a["elbo_amortized"]), np.max(a["log_px"])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+        ax.set_xlabel("L[q_phi] (encoder)")
+        ax.set_ylabel("L[q*] (fitted per datapoint)")
+        ax.set_title(split)
+        ax.legend()
+    io.atomic_save_figure(fig, os.path.join(workdir, "local_vs_amortized.png"))
+    plotting.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for split, r in result["splits"].items():
+        curve = r["semi_amortized"]
+        ks = np.array(curve["k"])
+        ax.errorbar(ks + 0.5, [e["mean"] for e in curve["elbo"]], yerr=[2 * e["stderr"] for e in curve["elbo"]],
+                    marker="o", label=f"{split}: refined ELBO")
+        ax.axhline(r["elbo_local_ffg"]["mean"], ls="--", lw=1, color=ax.lines[-1].get_color(),
+                   label=f"{split}: L[q*_FFG]")
+    ax.set_xscale("log")
+    ax.set_xlabel("K + 0.5 (refinement steps)")
+    ax.set_ylabel("ELBO (nats)")
+    ax.legend(fontsize=8)
+    io.atomic_save_figure(fig, os.path.join(workdir, "refinement.png"))
+    plotting.close(fig)
+
+
+def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
+    log = print if progress else (lambda message: None)
+    config.protocol.validate()
+    timings = {}
+    start = time.perf_counter()
+    if config.checkpoint:
+        vae_config, vae, params = load_trained_vae(config.checkpoint)
+        trained_here = False
+    else:
+        vae_config = config.vae
+        vae_config.validate()
+    dataset = data.load_dataset(vae_config.dataset, data_dir=data_dir, seed=vae_config.seed)
+    splits = {name: data.validate_data(getattr(dataset, name), likelihood=vae_config.likelihood,
+                                       name=f"{vae_config.dataset} {name}") for name in SPLITS}
+    if not config.checkpoint:
+        log(f"training the amortized VAE ({vae_config.num_epochs} epochs on {vae_config.dataset})")
+        vae = build_vae(vae_config, dataset.dim, len(splits["train"]) // vae_config.batch_size)
+        params = train_vae(vae, vae_config, splits["train"], progress=progress).state.params
+        trained_here = True
+    timings["vae"] = time.perf_counter() - start
+
+    local_families = {"ffg": vae.family,
+                      "flow": coupling_flow(vae_config.latent_dim, config.flow_layers, config.flow_hidden)}
+    key = jax.random.PRNGKey(config.seed)
+    result = {"splits": {}}
+    arrays = {}
+    for index, name in enumerate(SPLITS):
+        split_key = jax.random.fold_in(key, index)
+        rows, x = subset(jax.random.fold_in(split_key, 0), splits[name], config.n_eval)
+        log(f"[{name}] gap decomposition on {len(rows)} datapoints")
+        amortized = vae.encode(params["encoder"], jnp.asarray(x))
+        per_point, info = evaluate_gaps(jax.random.fold_in(split_key, 1), vae.model, params["decoder"],
+                                        vae.family, amortized, local_families, x, config.protocol, log)
+        summary = summarize({q: per_point[q] for q in QUANTITIES})
+        summary["n_eval"] = len(rows)
+        summary["semi_amortized"] = {"k": list(config.protocol.refine_steps),
+                                     "elbo": [summarize({"e": per_point[f"elbo_refined_{k}"]})["e"]
+                                              for k in config.protocol.refine_steps]}
+        summary["local_fits"] = info["local_fits"]
+        result["splits"][name] = summary
+        arrays[name] = {"rows": rows, **per_point}
+        timings.update({f"{name}/{stage}": round(s, 2) for stage, s in info["seconds"].items()})
+    timings["total"] = time.perf_counter() - start
+    timings["vae"] = round(timings["vae"], 2)
+    timings["total"] = round(timings["total"], 2)
+
+    result.update({"seed": config.seed, "config": dataclasses.asdict(config),
+                   "vae_config": dataclasses.asdict(vae_config), "environment": provenance.environment(),
+                   "wall_seconds": timings})
+    os.makedirs(workdir, exist_ok=True)
+    for name, a in arrays.items():
+        io.atomic_save_npz(os.path.join(workdir, f"gap_{name}.npz"), **a)
+    figures(result, arrays, workdir)
+    if trained_here:
+        io.atomic_write_bytes(os.path.join(workdir, "vae_params.msgpack"), flax.serialization.to_bytes(params))
+    io.atomic_write_text(os.path.join(workdir, "gap.md"), markdown(result))
+    io.atomic_write_json(os.path.join(workdir, "gap.json"), result)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/gap", help="output directory")
+    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
+    parser.add_argument("--checkpoint", default=None, help="a train_vae workdir whose VAE to evaluate")
+    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
+    parser.add_argument("--quick", action="store_true", help="a small smoke configuration (about a minute)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a GapConfig field, e.g. --set n_eval=100 --set vae.latent_dim=4 "
+                             "--set protocol.local_fit.learning_rate=1e-2")
+    parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
+    args = parser.parse_args(argv)
+    overrides = (QUICK if args.quick else []) + list(args.overrides)
+    if args.seed is not None:
+        overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
+    if args.checkpoint is not None:
+        overrides.append(f"checkpoint={args.checkpoint}")
+    config = apply_overrides(GapConfig(), overrides)
+    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    print(markdown(result))
+    print(f"wrote {args.workdir}/gap.json; wall seconds: {result['wall_seconds']['total']}")
+
+
+if __name__ == "__main__":
+    main()
