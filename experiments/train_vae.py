@@ -51,12 +51,19 @@ def save_pictures(vae, params, test: np.ndarray, image_shape, key, workdir: str)
     plotting.close(fig)
 
 
-def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
-    """Train, evaluate, write the workdir's files; return the metrics dict."""
+def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True,
+        resume: bool = False) -> dict:
+    """Train, evaluate, write the workdir's files; return the metrics dict.
+
+    Checkpoints go to workdir/checkpoints when config.checkpoint_every > 0 or resume is set."""
     config.validate()
+    if config.mode == "non_amortized":
+        raise ValueError("train_vae evaluates held-out data with the encoder, which a non_amortized model "
+                         "lacks; experiments.compare_training trains and evaluates that mode")
     dataset, train, test = load_training_data(config, data_dir)
-    vae = build_vae(config, dataset.dim, steps_per_epoch=len(train) // config.batch_size)
-    result = train_vae(vae, config, train, test, progress=progress)
+    vae = build_vae(config, dataset.dim, steps_per_epoch=len(train) // config.batch_size, num_train=len(train))
+    checkpoint_dir = os.path.join(workdir, "checkpoints") if config.checkpoint_every or resume else None
+    result = train_vae(vae, config, train, test, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
     params = result.state.params
 
     start = time.perf_counter()
@@ -97,15 +104,20 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any VAEConfig field, e.g. --set latent_dim=4 --set encoder_hidden=64,64")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the workdir")
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (one process per host)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    if args.distributed:
+        jax.distributed.initialize()
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.dataset is not None:
         overrides.append(f"dataset={args.dataset}")
     config = apply_overrides(VAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume)
     k = metrics["test_iwae"]["k"]
     print(f"test ELBO     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats")
     print(f"test IWAE_{k} {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats")

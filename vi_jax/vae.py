@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import tqdm
 
-from vi_jax import networks
+from vi_jax import networks, sharding
+from vi_jax.checkpoint import CheckpointError, Checkpointer
 from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import KL_FORMS, make_elbo, make_iwae, map_datapoints
@@ -56,6 +57,9 @@ class VAEConfig:
     refine_steps: int = 5  # semi_amortized: K refinement steps per minibatch
     refine_learning_rate: float = 1e-2  # semi_amortized: Adam on each refined q_i
     refine_differentiate: bool = False  # semi_amortized: backpropagate through the refinement
+    grad_clip_norm: float = 0.0  # clip the gradient's global norm to this (0: no clipping)
+    num_devices: int = 1  # > 1: data-parallel over that many devices (q_i tables sharded by rows)
+    checkpoint_every: int = 0  # epochs between checkpoints when checkpointing (0: only at the end)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option (before any work is done)."""
@@ -67,8 +71,13 @@ class VAEConfig:
         for name in ("learning_rate", "local_learning_rate", "refine_learning_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if min(self.eval_every, self.kl_warmup_epochs, self.refine_steps) < 0:
-            raise ValueError("eval_every, kl_warmup_epochs and refine_steps must be >= 0")
+        if min(self.eval_every, self.kl_warmup_epochs, self.refine_steps, self.checkpoint_every,
+               self.grad_clip_norm) < 0:
+            raise ValueError("eval_every, kl_warmup_epochs, refine_steps, checkpoint_every and "
+                             "grad_clip_norm must be >= 0")
+        if self.num_devices < 1 or self.batch_size % self.num_devices:
+            raise ValueError(f"num_devices must be >= 1 and divide batch_size {self.batch_size}, "
+                             f"got {self.num_devices}")
         get_likelihood(self.likelihood)
         networks.check_network_options(self.activation, self.kernel_init)
         if self.mode not in TRAINING_MODES:
@@ -116,6 +125,8 @@ def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1, num_tr
     common = dict(num_samples=config.num_samples, kl=config.kl,
                   kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch)
     optimizer = optax.adam(config.learning_rate)
+    if config.grad_clip_norm > 0:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     if config.mode == "amortized":
         algorithm = amortized_vi(model, family, encoder, optimizer, **common)
     elif config.mode == "semi_amortized":
@@ -168,33 +179,66 @@ class TrainResult(NamedTuple):
     seconds: float
 
 
+def _place_on_mesh(vae: VAE, state: TrainState, data, mesh):
+    """Replicate state and data over the mesh; shard a q_i table and its optimizer state by rows."""
+    state = jax.device_put(state, sharding.replicated(mesh))
+    if vae.mode == "non_amortized":
+        theta_opt, rows_opt = state.opt_state
+        state = TrainState({**state.params, "local": sharding.shard_rows(state.params["local"], mesh)},
+                           (theta_opt, sharding.shard_rows(rows_opt, mesh)), state.step)
+    return state, jax.device_put(data, sharding.replicated(mesh))
+
+
 def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optional[Array] = None,
-              *, progress: bool = True) -> TrainResult:
+              *, progress: bool = True, checkpoint_dir: Optional[str] = None,
+              resume: bool = False) -> TrainResult:
     """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs
     (held-out evaluation needs an encoder, so it is skipped in non_amortized mode).
 
     Keys: init = fold_in(seed, 0), epoch e = fold_in(fold_in(seed, 1), e), evaluation at epoch
-    e = fold_in(fold_in(seed, 2), e). Raises FloatingPointError at the first NaN/inf loss.
+    e = fold_in(fold_in(seed, 2), e): a run resumed from a checkpoint continues exactly as the
+    uninterrupted run. With checkpoint_dir, the state is saved every config.checkpoint_every
+    epochs and at the end; resume=True continues from the newest checkpoint there (a missing,
+    unreadable or mismatched checkpoint is an error, never a silent fresh start). Raises
+    FloatingPointError at the first NaN/inf loss, before saving anything of that epoch.
     """
     root = jax.random.PRNGKey(config.seed)
     init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     train_data = jnp.asarray(train_data)
     state = vae.algorithm.init(init_key, train_data[0])
     batches_from = vae.training_data(train_data)
-    epoch_fn = make_epoch(vae.algorithm.step, config.batch_size)
+    step = vae.algorithm.step
+    if config.num_devices > 1:
+        mesh = sharding.data_mesh(config.num_devices)
+        state, batches_from = _place_on_mesh(vae, state, batches_from, mesh)
+        step = sharding.data_parallel(step, mesh)
+    epoch_fn = make_epoch(step, config.batch_size)
     has_encoder = vae.encoder is not None
     evaluator = make_evaluator(vae, config, config.eval_iwae_samples) if eval_data is not None and has_encoder else None
-    history = []
+    history, first_epoch = [], 1
+    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
+    if checkpointer is not None:
+        if resume:
+            last, state, metadata = checkpointer.restore(state, dataclasses.asdict(config))
+            history, first_epoch = metadata["history"], last + 1
+        elif checkpointer.latest_epoch() is not None:
+            raise CheckpointError(f"{checkpointer.directory} already holds checkpoints: resume the run "
+                                  "or use a fresh directory")
+    elif resume:
+        raise CheckpointError("resume=True needs a checkpoint_dir")
     start = time.perf_counter()
-    bar = tqdm.trange(1, config.num_epochs + 1, desc="train", unit="epoch", disable=not progress)
+    bar = tqdm.trange(first_epoch, config.num_epochs + 1, desc="train", unit="epoch", disable=not progress,
+                      mininterval=1.0)
     for epoch in bar:
         state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, batches_from)
         bad = first_nonfinite(infos)
         if bad is not None:
+            kept = f"; the last good checkpoint is epoch {checkpointer.latest_epoch()} in {checkpointer.directory}" \
+                if checkpointer is not None and checkpointer.latest_epoch() is not None else ""
             raise FloatingPointError(
                 f"non-finite training objective at epoch {epoch}, step {bad} of the epoch: "
                 f"loss={float(infos.loss[bad])}, elbo={float(infos.elbo[bad])}; "
-                "lower the learning rate or check the data")
+                f"lower the learning rate, set grad_clip_norm, or check the data{kept}")
         record = {"epoch": epoch, "train_elbo": float(infos.elbo.mean())}
         if evaluator is not None and config.eval_every and epoch % config.eval_every == 0:
             key = jax.random.fold_in(eval_key, epoch)
@@ -203,6 +247,9 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
                 evaluator.iwae(key, state.params, eval_data).bound.mean())
         history.append(record)
         bar.set_postfix({k: round(v, 2) for k, v in record.items() if k != "epoch"})
+        if checkpointer is not None and (epoch == config.num_epochs or
+                                         (config.checkpoint_every and epoch % config.checkpoint_every == 0)):
+            checkpointer.save(epoch, state, {"config": dataclasses.asdict(config), "history": history})
     jax.block_until_ready(state)
     return TrainResult(state, history, time.perf_counter() - start)
 
