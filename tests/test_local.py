@@ -117,3 +117,21 @@ def test_refine_is_a_prefix_of_a_longer_refinement(trained):
 def test_tile_rows_makes_a_table():
     table = tile_rows({"mean": jnp.zeros(2)}, 4)
     assert table["mean"].shape == (4, 2)
+
+
+def test_a_fit_checkpointed_in_segments_and_resumed_equals_one_call(trained, tmp_path):
+    from vi_jax.checkpoint import Checkpointer
+    from vi_jax.local import fit_with_checkpoints, make_local_fitter
+    vae, params, x = trained
+    encoder_q = vae.encode(params["encoder"], x)
+    config = dataclasses.replace(FIT, max_steps=400)
+    whole = jax.jit(make_local_fit(vae.model, vae.family, config))(jax.random.PRNGKey(0), params["decoder"], encoder_q, x)
+    fitter = make_local_fitter(vae.model, vae.family, config)
+    meta = {"fit": dataclasses.asdict(config)}
+    # a first process stops after one 4-check segment (as if killed); a second resumes
+    first = jax.jit(fitter.advance)(jax.random.PRNGKey(0), params["decoder"], fitter.init(encoder_q), x, 4)
+    Checkpointer(str(tmp_path)).save(4, first, {"config": meta})
+    resumed = fit_with_checkpoints(fitter, jax.random.PRNGKey(0), params["decoder"], encoder_q, x,
+                                   Checkpointer(str(tmp_path)), meta, checks_per_segment=4, resume=True)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -89,13 +89,35 @@ class LocalFit(NamedTuple):
     best_average_elbo: Array  # [N]: best `check_every`-step average of the training ELBO estimates
 
 
-def make_local_fit(model: LatentVariableModel, family: VariationalFamily, config: LocalFitConfig,
-                   *, kl: str = "analytic") -> Callable:
-    """fit(key, theta, init_table, data) -> LocalFit: maximise L(x_i; q_i) over each q_i.
+class LocalFitState(NamedTuple):
+    """Everything a full-set fit carries between checks (what a checkpoint must hold)."""
 
-    Every row runs Adam(config.learning_rate) on its own ELBO (config.num_samples draws per
-    step; step t of row i uses key fold_in(fold_in(key, t), i)). Jit the returned function.
-    """
+    table: Params
+    opt_states: Any
+    active: Array  # bool [N]: rows still moving
+    best: Array  # [N]
+    stale: Array  # int32 [N]: checks since the last improvement
+    steps: Array  # int32 [N]
+    checks: Array  # int32 scalar: checks done (step t = checks * check_every + i)
+
+
+class LocalFitter(NamedTuple):
+    """init(init_table) -> state; advance(key, theta, state, data, until_check) -> state after
+    running checks up to `until_check` (or until every row has converged); finish(state) -> LocalFit.
+    Advancing in segments gives the same result as one call, so a long fit can be checkpointed
+    between segments (see fit_with_checkpoints)."""
+
+    init: Callable[[Params], LocalFitState]
+    advance: Callable[..., LocalFitState]
+    finish: Callable[[LocalFitState], LocalFit]
+    max_checks: int
+
+
+def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, config: LocalFitConfig,
+                      *, kl: str = "analytic") -> LocalFitter:
+    """Maximise L(x_i; q_i) over each q_i, all rows at once, with the convergence rule of
+    LocalFitConfig. Every row runs Adam(config.learning_rate) on its own ELBO (config.num_samples
+    draws per step; step t of row i uses key fold_in(fold_in(key, t), i)). Jit `advance`."""
     elbo_fn = make_elbo(model, family, num_samples=config.num_samples, kl=kl)
     optimizer = row_optimizer(optax.adam(config.learning_rate))
     max_checks = -(-config.max_steps // config.check_every)
@@ -104,9 +126,13 @@ def make_local_fit(model: LatentVariableModel, family: VariationalFamily, config
         value, grad = jax.value_and_grad(lambda p: elbo_fn(key, theta, p, x).elbo)(q)
         return grad, value
 
-    def fit(key: Array, theta: Params, init_table: Params, data: Array) -> LocalFit:
-        n = data.shape[0]
-        rows = jnp.arange(n)
+    def init(init_table: Params) -> LocalFitState:
+        n = jax.tree.leaves(init_table)[0].shape[0]
+        return LocalFitState(init_table, optimizer.init(init_table), jnp.ones(n, bool), jnp.full(n, -jnp.inf),
+                             jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32), jnp.array(0, jnp.int32))
+
+    def advance(key: Array, theta: Params, state: LocalFitState, data: Array, until_check) -> LocalFitState:
+        rows = jnp.arange(data.shape[0])
 
         def one_step(carry, t):
             table, states, active = carry
@@ -115,28 +141,53 @@ def make_local_fit(model: LatentVariableModel, family: VariationalFamily, config
             new_table, new_states = optimizer.update(jax.tree.map(jnp.negative, grads), states, table)
             return (where_rows(active, new_table, table), where_rows(active, new_states, states), active), elbos
 
-        def check(carry):
-            table, states, active, best, stale, steps, c = carry
-            ts = c * config.check_every + jnp.arange(config.check_every)
-            (table, states, _), elbos = jax.lax.scan(one_step, (table, states, active), ts)
+        def check(s: LocalFitState) -> LocalFitState:
+            ts = s.checks * config.check_every + jnp.arange(config.check_every)
+            (table, states, _), elbos = jax.lax.scan(one_step, (s.table, s.opt_states, s.active), ts)
             average = elbos.mean(axis=0)
-            improved = average > best
-            best = jnp.where(active & improved, average, best)
-            stale = jnp.where(improved, 0, stale + 1)
-            steps = steps + jnp.where(active, config.check_every, 0)
-            active = active & (stale < config.patience)
-            return table, states, active, best, stale, steps, c + 1
+            improved = average > s.best
+            stale = jnp.where(improved, 0, s.stale + 1)
+            return LocalFitState(table, states, s.active & (stale < config.patience),
+                                 jnp.where(s.active & improved, average, s.best), stale,
+                                 s.steps + jnp.where(s.active, config.check_every, 0), s.checks + 1)
 
-        def keep_going(carry):
-            active, c = carry[2], carry[6]
-            return jnp.any(active) & (c < max_checks)
+        def keep_going(s: LocalFitState):
+            return jnp.any(s.active) & (s.checks < jnp.minimum(until_check, max_checks))
 
-        init = (init_table, optimizer.init(init_table), jnp.ones(n, bool),
-                jnp.full(n, -jnp.inf), jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32), jnp.array(0))
-        table, _, active, best, _, steps, _ = jax.lax.while_loop(keep_going, check, init)
-        return LocalFit(table, ~active, steps, best)
+        return jax.lax.while_loop(keep_going, check, state)
+
+    def finish(state: LocalFitState) -> LocalFit:
+        return LocalFit(state.table, ~state.active, state.steps, state.best)
+
+    return LocalFitter(init, advance, finish, max_checks)
+
+
+def make_local_fit(model: LatentVariableModel, family: VariationalFamily, config: LocalFitConfig,
+                   *, kl: str = "analytic") -> Callable:
+    """fit(key, theta, init_table, data) -> LocalFit in one call (see make_local_fitter). Jit it."""
+    fitter = make_local_fitter(model, family, config, kl=kl)
+
+    def fit(key: Array, theta: Params, init_table: Params, data: Array) -> LocalFit:
+        return fitter.finish(fitter.advance(key, theta, fitter.init(init_table), data, fitter.max_checks))
 
     return fit
+
+
+def fit_with_checkpoints(fitter: LocalFitter, key: Array, theta: Params, init_table: Params, data: Array,
+                         checkpointer, config: dict, *, checks_per_segment: int = 10,
+                         resume: bool = False) -> LocalFit:
+    """Run a full-set fit in segments of `checks_per_segment` checks, saving the LocalFitState
+    (table, per-row optimizer states, convergence bookkeeping, check counter) after each one
+    with a vi_jax.checkpoint.Checkpointer; resume=True continues from the newest segment. The
+    result equals the uninterrupted fit's."""
+    advance = jax.jit(fitter.advance)
+    state = fitter.init(init_table)
+    if resume:
+        _, state, _ = checkpointer.restore(state, config)
+    while int(state.checks) < fitter.max_checks and bool(jnp.any(state.active)):
+        state = advance(key, theta, state, data, state.checks + checks_per_segment)
+        checkpointer.save(int(state.checks), state, {"config": config})
+    return fitter.finish(state)
 
 
 def make_refine(model: LatentVariableModel, family: VariationalFamily,
