@@ -1,0 +1,397 @@
+"""Exact oracles against the project's estimates: every number of the gap decomposition, known.
+
+    python -m experiments.oracle_gap --workdir runs/oracle            # 75 s on 2 (busy) CPU cores
+    python -m experiments.oracle_gap --workdir runs/oracle --quick    # smoke run, about 35 s
+    python -m experiments.oracle_gap --workdir runs/oracle --seed 1 --set vae.num_points=100
+
+Two models whose log p(x), L[q_phi], L[q*_FFG] and both gaps are known exactly:
+  linear_gaussian: p(z) = N(0, I_4), p(x|z) = N(W z + b, diag(psi)) in R^16 with random W, b,
+    psi (seeded), 1000 points drawn from it; closed forms in float64 (vi_jax.oracles). Two
+    encoders, trained by amortized VI against the fixed true model on those points: a linear
+    one (its class contains q*_FFG(x), so its amortization gap should be ~0) and a restricted
+    one that sees only the first 12 of the 16 coordinates (a positive gap, whose optimum is
+    also known in closed form).
+  vae_digits_2d: a VAE with a 2-D latent (tanh MLP decoder, Bernoulli likelihood) trained on
+    scikit-learn's digits; exact values by quadrature on 200 test points (log p(x) on adapted
+    grids checked against a brute-force grid, ELBOs by the trapezoid rule in q's coordinates,
+    q*_FFG by Newton on the quadrature ELBO; see vi_jax.oracles). tanh keeps the integrands
+    smooth, where the trapezoid rule converges exponentially (a ReLU decoder works too, with
+    O(h^2) errors that the reported accuracy figures would show).
+The estimates come from `vi_jax.gap.evaluate_gaps`, the code path of experiments/gap.py: the
+encoder's ELBO (Monte Carlo), q*_FFG fitted per datapoint with Adam from the encoder's output
+(the GapProtocol's local fit), log p(x) by IWAE with K = 5000 and the fitted q* as proposal.
+
+For every quantity the table gives the exact mean over datapoints, the estimate's mean, their
+difference (estimate - exact) and its standard error sd_i(estimate_i - exact_i) / sqrt(n): the
+exact values have no Monte-Carlo noise, so this is the estimator's own sampling error. IWAE is
+biased low by O(1/K) and an imperfect local fit biases L[q*] low, so those rows may sit a few
+hundredths of a nat below zero beyond their standard error; the others should be within a few.
+
+Writes into --workdir (each file atomically, oracle.json last): oracle.json (seed, config,
+environment, wall seconds, the tables, the oracles' own accuracy figures), oracle.md, oracle.npz
+(linear W, b, log_psi, psi and the evaluated x; the encoders' q tables; the VAE's decoder
+parameters, evaluated digits, q_phi and exact q*; every per-datapoint exact and estimated
+value, so each exact number can be recomputed independently), manifold.png (E[x|z] over a grid
+of z: the learned 2-D manifold) and posteriors.png (exact posteriors of a few test digits with
+q_phi and q*_FFG).
+
+Expected with the defaults (seed 0, CPU), estimate - exact in nats (standard error):
+  linear encoder:     log p(x) -0.0004 (0.0005), L[q_phi] +0.0002 (0.0015), L[q*_FFG] -0.0093
+                      (0.0015), approximation gap +0.0089 (0.0016), amortization gap -0.0095 (0.0022)
+  restricted encoder: log p(x) -0.0009 (0.0004), L[q_phi] -0.0004 (0.0024), L[q*_FFG] -0.0094
+                      (0.0016), approximation gap +0.0085 (0.0016), amortization gap -0.0089 (0.0029)
+  vae_digits_2d:      log p(x) -0.0047 (0.0034), L[q_phi] -0.0038 (0.0034), L[q*_FFG] -0.0087
+                      (0.0025), approximation gap +0.0040 (0.0043), amortization gap -0.0049 (0.0043)
+Exact: log p(x) -22.903 / -19.631, gap_FFG 0.1415 / 0.1330, amortization gap 0.0029 (linear),
+1.5122 (restricted; its class optimum 1.5107), 0.3811 (VAE). The one systematic error is the
+local fit's: L[q*_FFG] ~0.009 nats short (Adam at a constant step size stops short of q*), which
+moves that much from the amortization to the approximation gap.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from vi_jax import data, io, oracles, plotting, provenance
+from vi_jax.config import apply_overrides
+from vi_jax.families import diagonal_gaussian
+from vi_jax.gap import GapProtocol, evaluate_gaps
+from vi_jax.vae import VAEConfig, build_vae, train_vae
+
+QUANTITIES = (
+    ("log_px", "log p(x)"),
+    ("elbo_amortized", "L[q_phi]"),
+    ("elbo_local_ffg", "L[q*_FFG]"),
+    ("approximation_gap_ffg", "approximation gap"),
+    ("amortization_gap_ffg", "amortization gap"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearOracleConfig:
+    latent_dim: int = 4
+    data_dim: int = 16
+    num_points: int = 1000  # drawn from the model: the encoders' training set and the evaluated points
+    psi_low: float = 0.1
+    psi_high: float = 1.0
+    encoder_epochs: int = 200
+    encoder_batch_size: int = 50
+    encoder_learning_rate: float = 3e-2  # Adam, decayed exponentially to the final rate
+    encoder_final_learning_rate: float = 1e-4
+    restricted_visible: int = 12  # the restricted encoder sees x[:restricted_visible]
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEOracleConfig:
+    vae: VAEConfig = VAEConfig(latent_dim=2, decoder_hidden=(64, 64), activation="tanh",
+                               num_epochs=100, eval_every=0)
+    num_points: int = 200  # evaluated test points (a seeded subset of the test split)
+    quadrature: oracles.QuadratureConfig = oracles.QuadratureConfig()
+    check_points: int = 301  # brute-force check grid: check_points^2 nodes on [-box, box]^2
+    manifold_side: int = 15  # manifold.png shows manifold_side^2 decoder means
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleGapConfig:
+    seed: int = 0
+    linear: LinearOracleConfig = LinearOracleConfig()
+    vae: VAEOracleConfig = VAEOracleConfig()
+    # refine_steps=(0,): the semi-amortized curve is not part of this comparison
+    protocol: GapProtocol = GapProtocol(refine_steps=(0,))
+
+
+# --quick: fewer points and epochs, coarser grids (one shape for every per-datapoint grid, so
+# it compiles once), the loose local fit of experiments/gap.py's --quick, K = 500.
+QUICK = ["linear.num_points=100", "linear.encoder_batch_size=10", "linear.encoder_epochs=400",
+         "vae.vae.num_epochs=10", "vae.vae.encoder_hidden=64", "vae.num_points=20", "vae.check_points=121",
+         "vae.quadrature.coarse_points=61", "vae.quadrature.points=41", "vae.quadrature.elbo_points=41",
+         "vae.quadrature.polish_points=41", "vae.quadrature.fit_iterations=6",
+         "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5", "protocol.local_fit.max_steps=2000",
+         "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=200", "protocol.iwae_samples=500"]
+
+
+def compare(exact: dict, estimate: dict) -> dict:
+    """Per quantity: exact and estimated means, difference (estimate - exact) and its standard
+    error over datapoints, and the difference in standard errors."""
+    rows = {}
+    for name, _ in QUANTITIES:
+        e, s = np.asarray(exact[name], np.float64), np.asarray(estimate[name], np.float64)
+        diff = s - e
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
+        rows[name] = {"exact": float(e.mean()), "estimate": float(s.mean()), "difference": float(diff.mean()),
+                      "stderr": se, "z": float(diff.mean() / se) if se > 0 else 0.0}
+    return rows
+
+
+def _q_numpy(q) -> dict:
+    return {k: np.asarray(v, np.float64) for k, v in q.items()}
+
+
+def iwae_stderr(estimate: dict) -> float:
+    """The IWAE's own (delta-method) standard error of the mean log p(x) estimate."""
+    se = np.asarray(estimate["log_px_stderr"], np.float64)
+    return float(np.sqrt(np.mean(se**2) / se.size))
+
+
+def _estimate(key, model, theta, family, q_table, x, protocol, log):
+    arrays, info = evaluate_gaps(key, model, theta, family, q_table, {"ffg": family}, x, protocol, log)
+    return {name: arrays[name] for name, _ in QUANTITIES} | {"log_px_stderr": arrays["log_px_stderr"]}, info
+
+
+def run_linear(config: OracleGapConfig, key, log) -> tuple[dict, dict]:
+    c = config.linear
+    family = diagonal_gaussian(c.latent_dim)
+    theta = oracles.linear_gaussian_params(jax.random.fold_in(key, 0), c.latent_dim, c.data_dim,
+                                           psi_range=(c.psi_low, c.psi_high))
+    model = oracles.linear_gaussian(**theta)
+    x = np.asarray(oracles.sample_data(jax.random.fold_in(key, 1), theta, c.num_points))
+    log_px = oracles.log_marginal(theta, x)
+    q_star = oracles.optimal_ffg(theta, x)
+    elbo_star = oracles.gaussian_elbo(theta, x, q_star)
+    visible = tuple(range(c.restricted_visible))
+    encoders = {"linear_encoder": oracles.LinearEncoder.standardized(x, family.num_params),
+                "restricted_encoder": oracles.LinearEncoder.standardized(x, family.num_params, visible)}
+    npz = {"linear/W": np.asarray(theta["W"]), "linear/b": np.asarray(theta["b"]),
+           "linear/log_psi": np.asarray(theta["log_psi"]),
+           "linear/psi": np.exp(np.asarray(theta["log_psi"], np.float64)),
+           "linear/x": x, "linear/exact_log_px": log_px, "linear/exact_q_star_mean": q_star["mean"],
+           "linear/exact_q_star_log_scale": q_star["log_scale"]}
+    sections, seconds, tables, exacts = {}, {}, {}, {}
+    for index, (name, encoder) in enumerate(encoders.items()):
+        start = time.perf_counter()
+        log(f"[linear_gaussian] training the {name} against the true model ({c.encoder_epochs} epochs)")
+        params = oracles.train_encoder(jax.random.fold_in(key, 10 + index), model, family, encoder, x,
+                                       num_epochs=c.encoder_epochs, batch_size=c.encoder_batch_size,
+                                       learning_rate=c.encoder_learning_rate,
+                                       final_learning_rate=c.encoder_final_learning_rate)
+        tables[name] = jax.vmap(family.unflatten)(encoder.apply(params, jnp.asarray(x)))
+        seconds[f"{name}/train"] = time.perf_counter() - start
+        elbo_q = oracles.gaussian_elbo(theta, x, _q_numpy(tables[name]))
+        exacts[name] = {"log_px": log_px, "elbo_amortized": elbo_q, "elbo_local_ffg": elbo_star,
+                        "approximation_gap_ffg": log_px - elbo_star, "amortization_gap_ffg": elbo_star - elbo_q}
+
+    # One evaluate_gaps call for both encoders (their rows stacked: every row is independent and
+    # gets its own key), so its functions are compiled once.
+    start = time.perf_counter()
+    log(f"[linear_gaussian] the project's estimates with both encoders ({c.num_points} points each)")
+    stacked = jax.tree.map(lambda *t: jnp.concatenate(t), *tables.values())
+    both, info = _estimate(jax.random.fold_in(key, 20), model, theta, family, stacked,
+                           np.concatenate([x] * len(tables)), config.protocol, log)
+    seconds["estimate"] = time.perf_counter() - start
+    for index, name in enumerate(tables):
+        part = slice(index * len(x), (index + 1) * len(x))
+        estimate = {k: v[part] for k, v in both.items()}
+        _, best_gap = oracles.optimal_affine_encoder(theta, x, None if name == "linear_encoder" else visible)
+        sections[f"linear_gaussian/{name}"] = {
+            "n": len(x), "rows": compare(exacts[name], estimate), "local_fits": info["local_fits"],
+            "local_fits_scope": "the rows of both linear_gaussian encoders, one evaluate_gaps call",
+            "notes": {"ffg_approximation_gap_closed_form": oracles.ffg_approximation_gap(theta),
+                      "best_amortization_gap_of_this_encoder_class": best_gap,
+                      "mean_iwae_delta_method_stderr": iwae_stderr(estimate)}}
+        npz |= {f"linear/{name}/q_mean": np.asarray(tables[name]["mean"]),
+                f"linear/{name}/q_log_scale": np.asarray(tables[name]["log_scale"])}
+        npz |= {f"linear/{name}/exact_{k}": np.asarray(v) for k, v in exacts[name].items()}
+        npz |= {f"linear/{name}/estimate_{k}": np.asarray(estimate[k]) for k, _ in QUANTITIES}
+    return sections, {"seconds": seconds, "npz": npz}
+
+
+def seeded_subset(key, n_rows: int, n: int) -> np.ndarray:
+    return np.sort(np.asarray(jax.random.permutation(key, n_rows))[:n])
+
+
+def run_vae(config: OracleGapConfig, key, log, progress: bool) -> tuple[dict, dict]:
+    c = config.vae
+    vae_config = c.vae
+    seconds = {}
+    start = time.perf_counter()
+    dataset = data.load_dataset(vae_config.dataset, seed=vae_config.seed)
+    train = data.validate_data(dataset.train, likelihood=vae_config.likelihood, name="digits train")
+    test = data.validate_data(dataset.test, likelihood=vae_config.likelihood, name="digits test")
+    log(f"[vae] training the VAE ({vae_config.num_epochs} epochs)")
+    vae = build_vae(vae_config, dataset.dim, len(train) // vae_config.batch_size)
+    params = train_vae(vae, vae_config, train, progress=progress).state.params
+    seconds["train"] = time.perf_counter() - start
+    rows = seeded_subset(jax.random.fold_in(key, 0), len(test), c.num_points)
+    x = np.asarray(test[rows])
+    theta = params["decoder"]
+    q_phi = vae.encode(params["encoder"], jnp.asarray(x))
+
+    start = time.perf_counter()
+    log(f"[vae] quadrature oracle on {len(x)} test points")
+    quad = oracles.quadrature_log_marginal(vae.model, theta, x, c.quadrature)
+    check = oracles.grid_log_marginal(vae.model, theta, x, box=c.quadrature.box, points=c.check_points)
+    q_star = oracles.quadrature_optimal_ffg(vae.model, theta, x, quad, c.quadrature, starts=[_q_numpy(q_phi)])
+    elbo_q = oracles.quadrature_elbo(vae.model, theta, x, _q_numpy(q_phi), points=c.quadrature.elbo_points,
+                                     radius=c.quadrature.elbo_radius)
+    seconds["quadrature"] = time.perf_counter() - start
+    exact = {"log_px": quad.log_px, "elbo_amortized": elbo_q.elbo, "elbo_local_ffg": q_star.elbo,
+             "approximation_gap_ffg": quad.log_px - q_star.elbo, "amortization_gap_ffg": q_star.elbo - elbo_q.elbo}
+    accuracy = {
+        "log_px_max_abs_vs_brute_force_grid": float(np.max(np.abs(quad.log_px - check.log_px))),
+        "log_px_mean_abs_vs_brute_force_grid": float(np.mean(np.abs(quad.log_px - check.log_px))),
+        "brute_force_grid": f"{c.check_points}^2 nodes on [-{c.quadrature.box}, {c.quadrature.box}]^2",
+        "log_px_max_h_vs_2h": float(np.max(quad.log_px_error)),
+        "max_posterior_mass_on_grid_edge": float(max(np.max(quad.edge_mass), np.max(check.edge_mass))),
+        "max_posterior_mass_outside_fine_grid": float(np.max(quad.outside_mass)),
+        "elbo_q_phi_max_h_vs_2h": float(np.max(elbo_q.error)),
+        "elbo_q_phi_mean_h_vs_2h": float(np.mean(elbo_q.error)),
+        "elbo_q_star_max_h_vs_2h": float(np.max(q_star.elbo_error)),
+        "elbo_q_star_mean_h_vs_2h": float(np.mean(q_star.elbo_error)),
+        "q_star_last_polish_gain_max": float(np.max(q_star.polish_gain)),
+        "q_star_winning_start_counts": {name: int(np.sum(q_star.start == i)) for i, name in
+                                        enumerate(("posterior_moments", "posterior_mode", "encoder"))},
+    }
+
+    start = time.perf_counter()
+    log(f"[vae] the project's estimates ({len(x)} points)")
+    estimate, info = _estimate(jax.random.fold_in(key, 1), vae.model, theta, vae.family, q_phi, x,
+                               config.protocol, log)
+    seconds["estimate"] = time.perf_counter() - start
+    chi2 = oracles.quadrature_chi_square(quad, q_star.params)
+    section = {"n": len(x), "rows": compare(exact, estimate), "local_fits": info["local_fits"],
+               "quadrature_accuracy": accuracy,
+               "notes": {"points_where_chi2_of_posterior_to_q_star_diverges": int(np.sum(~np.isfinite(chi2))),
+                         "mean_iwae_delta_method_stderr": iwae_stderr(estimate)}}
+    npz = {"vae/x": x, "vae/test_rows": rows, "vae/q_phi_mean": np.asarray(q_phi["mean"]),
+           "vae/q_phi_log_scale": np.asarray(q_phi["log_scale"]), "vae/exact_q_star_mean": q_star.params["mean"],
+           "vae/exact_q_star_log_scale": q_star.params["log_scale"], "vae/brute_force_log_px": check.log_px}
+    npz |= {"vae/decoder/" + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(theta)}
+    npz |= {f"vae/exact_{k}": np.asarray(v) for k, v in exact.items()}
+    npz |= {f"vae/estimate_{k}": np.asarray(estimate[k]) for k, _ in QUANTITIES}
+    name = f"vae_{vae_config.dataset}_{vae_config.latent_dim}d"
+    extra = {"seconds": seconds, "npz": npz, "vae": vae, "params": params, "quad": quad, "q_star": q_star,
+             "q_phi": _q_numpy(q_phi), "image_shape": dataset.image_shape, "x": x}
+    return {name: section}, extra
+
+
+def manifold_figure(vae, params, side: int, image_shape, path: str) -> None:
+    """E[x | z] on a side x side grid of z at the prior's quantiles (the learned manifold)."""
+    quantiles = stats.norm.ppf(np.linspace(0.05, 0.95, side))
+    z = np.stack(np.meshgrid(quantiles, quantiles[::-1], indexing="xy"), axis=-1).reshape(-1, 2)
+    means = jax.vmap(vae.model.mean, in_axes=(None, 0))(params["decoder"], jnp.asarray(z, jnp.float32))
+    fig = plotting.image_grid(np.asarray(means), image_shape, side,
+                              "E[x | z] on a grid of z at prior quantiles 0.05 ... 0.95")
+    io.atomic_save_figure(fig, path)
+    plotting.close(fig)
+
+
+def posteriors_figure(extra: dict, path: str, count: int = 6) -> None:
+    """Exact posteriors (fine-grid contours) of the test digits with the largest approximation
+    gaps, with the 2-sigma ellipses of q_phi (encoder) and q*_FFG."""
+    plt = plotting.plt
+    quad, q_star, q_phi, x = extra["quad"], extra["q_star"], extra["q_phi"], extra["x"]
+    gap = quad.log_px - q_star.elbo
+    picks = np.argsort(-gap)[:count]
+    points = int(round(np.sqrt(quad.nodes.shape[1])))
+    fig, axes = plt.subplots(2, count, figsize=(3 * count, 6), gridspec_kw={"height_ratios": [3, 1]})
+    t = np.linspace(0, 2 * np.pi, 100)
+    for ax, img_ax, i in zip(axes[0], axes[1], picks):
+        nodes = quad.nodes[i].reshape(points, points, 2)
+        density = np.exp(quad.log_joint[i] - quad.log_joint[i].max()).reshape(points, points)
+        ax.contour(nodes[..., 0], nodes[..., 1], density, levels=[0.01, 0.05, 0.2, 0.5, 0.9], cmap="Greys")
+        for q, color, label in ((q_phi, "C1", "q_phi"), (q_star.params, "C0", "q*_FFG")):
+            m, s = q["mean"][i], np.exp(q["log_scale"][i])
+            ax.plot(m[0] + 2 * s[0] * np.cos(t), m[1] + 2 * s[1] * np.sin(t), color=color, label=label)
+        ax.set_title(f"gap_FFG {gap[i]:.2f} nats", fontsize=9)
+        img_ax.imshow(x[i].reshape(extra["image_shape"]), cmap="gray_r")
+        img_ax.axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("exact posteriors p(z|x) (contours) with 2-sigma ellipses of q_phi and q*_FFG")
+    io.atomic_save_figure(fig, path)
+    plotting.close(fig)
+
+
+def markdown(result: dict) -> str:
+    protocol = result["config"]["protocol"]
+    lines = ["# Exact oracles vs the project's estimates", "",
+             f"seed {result['seed']}; estimates: `vi_jax.gap.evaluate_gaps` (ELBOs with "
+             f"{protocol['elbo_samples']} samples, q*_FFG by the local fit from the encoder, log p(x) by "
+             f"IWAE K={protocol['iwae_samples']} with q* as proposal). Nats per datapoint; difference = "
+             "estimate - exact; SE = standard error of the mean difference over datapoints.", ""]
+    for name, section in result["models"].items():
+        lines += [f"## {name} (n = {section['n']})", "",
+                  "| quantity | exact | estimate | difference | SE | difference / SE |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for key, label in QUANTITIES:
+            r = section["rows"][key]
+            lines.append(f"| {label} | {r['exact']:.4f} | {r['estimate']:.4f} | {r['difference']:+.4f} | "
+                         f"{r['stderr']:.4f} | {r['z']:+.1f} |")
+        fits = section["local_fits"]["ffg"]
+        scope = f" (over {section['local_fits_scope']})" if "local_fits_scope" in section else ""
+        lines += ["", f"Local fit{scope}: {fits['converged']}/{fits['n']} converged, median "
+                      f"{fits['median_steps']:.0f} steps (max {fits['max_steps']})."]
+        for key, value in section.get("notes", {}).items():
+            lines.append(f"- {key}: {value:.6g}" if isinstance(value, float) else f"- {key}: {value}")
+        for key, value in section.get("quadrature_accuracy", {}).items():
+            text = f"{value:.3g}" if isinstance(value, float) else str(value)
+            lines.append(f"- accuracy, {key}: {text}")
+        lines.append("")
+    lines.append(f"Wall seconds: {result['wall_seconds']}")
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict:
+    """Both oracles, the project's estimates, the files; returns the oracle.json dict."""
+    log = print if progress else (lambda message: None)
+    config.protocol.validate()
+    config.vae.vae.validate()
+    config.vae.quadrature.validate(config.vae.vae.latent_dim)
+    start = time.perf_counter()
+    key = jax.random.PRNGKey(config.seed)
+    linear_sections, linear_info = run_linear(config, jax.random.fold_in(key, 0), log)
+    vae_sections, vae_info = run_vae(config, jax.random.fold_in(key, 1), log, progress)
+    seconds = {f"linear_gaussian/{k}": round(v, 2) for k, v in linear_info["seconds"].items()}
+    seconds |= {f"vae/{k}": round(v, 2) for k, v in vae_info["seconds"].items()}
+
+    os.makedirs(workdir, exist_ok=True)
+    manifold_figure(vae_info["vae"], vae_info["params"], config.vae.manifold_side, vae_info["image_shape"],
+                    os.path.join(workdir, "manifold.png"))
+    posteriors_figure(vae_info, os.path.join(workdir, "posteriors.png"))
+    io.atomic_save_npz(os.path.join(workdir, "oracle.npz"), **linear_info["npz"], **vae_info["npz"])
+    seconds["total"] = round(time.perf_counter() - start, 2)
+    result = {"models": linear_sections | vae_sections, "seed": config.seed, "config": _jsonable(config),
+              "environment": provenance.environment(), "wall_seconds": seconds}
+    io.atomic_write_text(os.path.join(workdir, "oracle.md"), markdown(result))
+    io.atomic_write_json(os.path.join(workdir, "oracle.json"), result)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/oracle", help="output directory")
+    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke configuration (about 20 s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an OracleGapConfig field, e.g. --set linear.num_points=500 "
+                             "--set vae.vae.num_epochs=50 --set protocol.iwae_samples=1000")
+    parser.add_argument("--no-progress", action="store_true", help="print only the table")
+    args = parser.parse_args(argv)
+    overrides = (QUICK if args.quick else []) + list(args.overrides)
+    if args.seed is not None:
+        overrides += [f"seed={args.seed}", f"vae.vae.seed={args.seed}"]
+    config = apply_overrides(OracleGapConfig(), overrides)
+    result = run(config, args.workdir, progress=not args.no_progress)
+    print(markdown(result))
+    print(f"wrote {args.workdir}/oracle.json")
+
+
+if __name__ == "__main__":
+    main()
