@@ -53,6 +53,11 @@ def test_stages_report_convergence_and_refinement(gaps):
     np.testing.assert_allclose(s["elbo_refined_0"]["mean"], s["elbo_amortized"]["mean"], atol=4 * s["elbo_amortized"]["stderr"])
 
 
-def test_unknown_local_init_is_named():
-    with pytest.raises(ValueError, match="unknown local_init 'random'"):
-        GapProtocol(local_init="random").validate()
+@pytest.mark.parametrize("changes,match", [
+    pytest.param({"local_init": "random"}, "unknown local_init 'random'", id="local-init"),
+    pytest.param({"refine_steps": ()}, "refine_steps must be a non-empty tuple", id="no-refine-steps"),
+])
+def test_bad_protocol_is_named(changes, match):
+    import dataclasses
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(GapProtocol(), **changes).validate()

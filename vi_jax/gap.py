@@ -50,8 +50,8 @@ class GapProtocol:
             raise ValueError(f"unknown local_init {self.local_init!r}; known: {LOCAL_INITS}")
         if min(self.elbo_samples, self.iwae_samples, self.iwae_chunk_size, self.batch_size) < 1:
             raise ValueError("elbo_samples, iwae_samples, iwae_chunk_size and batch_size must be >= 1")
-        if any(k < 0 for k in self.refine_steps):
-            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        if not self.refine_steps or any(k < 0 for k in self.refine_steps):
+            raise ValueError(f"refine_steps must be a non-empty tuple of steps >= 0, got {self.refine_steps}")
 
 
 def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,

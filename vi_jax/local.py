@@ -80,6 +80,12 @@ class LocalFitConfig:
     check_every: int = 100
     patience: int = 10
     max_steps: int = 20_000
+    # Beyond the reference protocol: when a row plateaus, multiply its learning rate by
+    # lr_reduction_factor and continue, up to lr_reductions times, before it counts as converged.
+    # A constant step size leaves Adam hovering ~lr x gradient noise below the optimum (the
+    # linear-Gaussian oracle measures 0.009 nats at the reference settings).
+    lr_reductions: int = 0
+    lr_reduction_factor: float = 0.1
 
 
 class LocalFit(NamedTuple):
@@ -98,6 +104,7 @@ class LocalFitState(NamedTuple):
     best: Array  # [N]
     stale: Array  # int32 [N]: checks since the last improvement
     steps: Array  # int32 [N]
+    reductions: Array  # int32 [N]: learning-rate reductions so far
     checks: Array  # int32 scalar: checks done (step t = checks * check_every + i)
 
 
@@ -119,7 +126,7 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
     LocalFitConfig. Every row runs Adam(config.learning_rate) on its own ELBO (config.num_samples
     draws per step; step t of row i uses key fold_in(fold_in(key, t), i)). Jit `advance`."""
     elbo_fn = make_elbo(model, family, num_samples=config.num_samples, kl=kl)
-    optimizer = row_optimizer(optax.adam(config.learning_rate))
+    adam = optax.adam(config.learning_rate)
     max_checks = -(-config.max_steps // config.check_every)
 
     def grad_and_elbo(key, theta, q, x):
@@ -128,28 +135,37 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
 
     def init(init_table: Params) -> LocalFitState:
         n = jax.tree.leaves(init_table)[0].shape[0]
-        return LocalFitState(init_table, optimizer.init(init_table), jnp.ones(n, bool), jnp.full(n, -jnp.inf),
-                             jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32), jnp.array(0, jnp.int32))
+        zeros = jnp.zeros(n, jnp.int32)
+        return LocalFitState(init_table, jax.vmap(adam.init)(init_table), jnp.ones(n, bool), jnp.full(n, -jnp.inf),
+                             zeros, zeros, zeros, jnp.array(0, jnp.int32))
 
     def advance(key: Array, theta: Params, state: LocalFitState, data: Array, until_check) -> LocalFitState:
         rows = jnp.arange(data.shape[0])
 
         def one_step(carry, t):
-            table, states, active = carry
+            table, states, active, lr_scale = carry
             keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, t), rows)
             grads, elbos = jax.vmap(grad_and_elbo, (0, None, 0, 0))(keys, theta, table, data)
-            new_table, new_states = optimizer.update(jax.tree.map(jnp.negative, grads), states, table)
-            return (where_rows(active, new_table, table), where_rows(active, new_states, states), active), elbos
+            updates, new_states = jax.vmap(adam.update)(jax.tree.map(jnp.negative, grads), states, table)
+            if config.lr_reductions:  # Adam's update is linear in its learning rate
+                updates = jax.tree.map(lambda u: u * lr_scale.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
+            new_table = optax.apply_updates(table, updates)
+            return (where_rows(active, new_table, table), where_rows(active, new_states, states), active,
+                    lr_scale), elbos
 
         def check(s: LocalFitState) -> LocalFitState:
             ts = s.checks * config.check_every + jnp.arange(config.check_every)
-            (table, states, _), elbos = jax.lax.scan(one_step, (s.table, s.opt_states, s.active), ts)
+            lr_scale = config.lr_reduction_factor ** s.reductions.astype(jnp.float32)
+            (table, states, _, _), elbos = jax.lax.scan(one_step, (s.table, s.opt_states, s.active, lr_scale), ts)
             average = elbos.mean(axis=0)
             improved = average > s.best
             stale = jnp.where(improved, 0, s.stale + 1)
-            return LocalFitState(table, states, s.active & (stale < config.patience),
-                                 jnp.where(s.active & improved, average, s.best), stale,
-                                 s.steps + jnp.where(s.active, config.check_every, 0), s.checks + 1)
+            plateau = stale >= config.patience
+            reduce = s.active & plateau & (s.reductions < config.lr_reductions)
+            return LocalFitState(table, states, s.active & (~plateau | reduce),
+                                 jnp.where(s.active & improved, average, s.best), jnp.where(reduce, 0, stale),
+                                 s.steps + jnp.where(s.active, config.check_every, 0),
+                                 s.reductions + reduce, s.checks + 1)
 
         def keep_going(s: LocalFitState):
             return jnp.any(s.active) & (s.checks < jnp.minimum(until_check, max_checks))

@@ -21,7 +21,8 @@ Params = Any
 class LatentVariableModel(NamedTuple):
     """p(x, z; theta) for x in R^data_dim, z in R^latent_dim.
 
-    init(key) -> theta; likelihood(theta, z) -> p(x | z; theta) as a distrax distribution;
+    init(key) -> theta (fresh arrays: training loops donate their state, so an init that returns
+    stored arrays would see them deleted); likelihood(theta, z) -> p(x | z; theta) as a distrax distribution;
     mean(theta, z) -> E[x | z; theta] (for reconstructions and sample pictures).
     """
 
