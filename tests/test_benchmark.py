@@ -1,0 +1,129 @@
+"""The benchmark suite: its registry, the --check comparison (pure functions, synthetic inputs)
+and one --quick speed benchmark of our own code path (no peers, no timing assertions)."""
+import json
+import os
+
+import pytest
+
+from experiments import benchmark
+
+ENV = {"backend": "cpu", "devices": ["cpu:cpu"], "versions": {"jax": "0.10.2", "jaxlib": "0.10.2"}}
+
+
+def result_bench(figures, *, seed=0, env=ENV, config=None, cpu="AMD EPYC"):
+    return {"kind": "result", "seed": seed, "config": config or {"n_eval": 300}, "environment": env,
+            "cpu_model": cpu, "result": figures}
+
+
+def figures(log_px=-30.0, gap=2.0, gap_se=0.1, n_eval=300):
+    return {"splits": {"train": {"n_eval": n_eval, "log_px": {"mean": log_px, "stderr": 0.5},
+                                 "inference_gap": {"mean": gap, "stderr": gap_se},
+                                 "semi_amortized": {"k": [0, 1], "elbo": [{"mean": -33.0, "stderr": 0.4},
+                                                                          {"mean": -32.5, "stderr": 0.4}]}}},
+            "wall_seconds": {"total": 123.0}}
+
+
+def test_registry_has_the_named_benchmarks():
+    results = {"gap", "oracle_gap", "compare_training"}
+    speed = {"amortized_training", "local_fit", "local_fit_early_stop", "iwae", "scaling_local_fit",
+             "scaling_iwae"}
+    assert results | speed <= set(benchmark.REGISTRY)
+    for name in results:
+        assert benchmark.REGISTRY[name].kind == "result"
+    for name in speed:
+        assert benchmark.REGISTRY[name].kind == "speed"
+    assert [b.name for b in benchmark.select("iwae,gap")] == ["iwae", "gap"]
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        benchmark.select("no_such_benchmark")
+
+
+def test_oracle_benchmark_skips_clearly_when_the_module_is_absent(monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmark, "oracle_available", lambda: False)
+    out = benchmark.bench_oracle_gap(benchmark.Context(workdir=str(tmp_path)))
+    assert "not available" in out["skipped"]
+
+
+def test_flatten_figures_skips_timings_and_provenance():
+    flat = benchmark.flatten_figures(figures())
+    assert flat["splits/train/log_px"] == (-30.0, 0.5)
+    assert flat["splits/train/semi_amortized/elbo[1]"] == (-32.5, 0.4)
+    assert flat["splits/train/n_eval"] == (300.0, None)
+    assert not any(path.startswith("wall_seconds") for path in flat)
+    oracle = {"models": {"m": {"rows": {"log_px": {"exact": -22.9, "estimate": -22.91, "difference": -0.01,
+                                                   "stderr": 0.005, "z": -2.0}}}}}
+    assert benchmark.flatten_figures(oracle) == {"models/m/rows/log_px": (-22.91, 0.005),
+                                                 "models/m/rows/log_px/exact": (-22.9, None)}
+
+
+def test_check_identical_conditions_require_bit_equality():
+    ref = {"gap": result_bench(figures())}
+    same = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures())})
+    assert same["ok"] and same["benchmarks"]["gap"]["mode"] == "identical"
+    assert same["benchmarks"]["gap"]["counts"]["unchanged"] == len(benchmark.flatten_figures(figures()))
+    # a change far inside the standard error still counts as a move when backend and seed match
+    tiny = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(log_px=-30.0 + 1e-6))})
+    assert not tiny["ok"]
+    assert tiny["benchmarks"]["gap"]["moved"] == ["splits/train/log_px"]
+    # so does a changed count
+    count = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(n_eval=299))})
+    assert count["benchmarks"]["gap"]["moved"] == ["splits/train/n_eval"]
+
+
+def test_check_different_backend_uses_combined_standard_errors():
+    ref = {"gap": result_bench(figures())}
+    gpu = dict(ENV, backend="gpu", devices=["gpu:H100"])
+    # 2 combined standard errors of the gap: 2 * sqrt(0.1^2 + 0.1^2) = 0.283
+    within = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), env=gpu)})
+    report = within["benchmarks"]["gap"]
+    assert within["ok"] and report["differs"] == ["backend", "devices"]
+    assert report["counts"]["unchecked"] == 3  # n_eval and the two k: counts have no standard error
+    moved = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.35), env=gpu)})
+    assert not moved["ok"] and moved["benchmarks"]["gap"]["moved"] == ["splits/train/inference_gap"]
+    row = next(r for r in moved["benchmarks"]["gap"]["rows"] if r["path"] == "splits/train/inference_gap")
+    assert row["tolerance"] == pytest.approx(2 * 2 ** 0.5 * 0.1)
+    # a wider tolerance accepts it; a different seed alone also switches to the statistical rule
+    assert benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.35), env=gpu)}, sigmas=3)["ok"]
+    seed = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), seed=1)})
+    assert seed["ok"] and seed["benchmarks"]["gap"]["differs"] == ["seed"]
+
+
+def test_check_missing_and_new_figures_and_benchmarks():
+    ref = {"gap": result_bench(figures()), "compare_training": result_bench(figures()),
+           "iwae": {"kind": "speed", "rows": {}}}
+    cur_fig = figures()
+    del cur_fig["splits"]["train"]["inference_gap"]
+    cur_fig["splits"]["train"]["extra"] = {"mean": 1.0, "stderr": 0.1}
+    report = benchmark.compare_benchmarks(ref, {"gap": result_bench(cur_fig)})
+    assert not report["ok"]
+    gap = report["benchmarks"]["gap"]
+    assert gap["missing"] == ["splits/train/inference_gap"] and gap["counts"]["new"] == 1
+    assert report["benchmarks"]["compare_training"]["mode"] == "not run"  # absent now: reported, not failed
+    assert "iwae" not in report["benchmarks"]  # speed benchmarks are not checked
+    failed = benchmark.compare_benchmarks({"gap": result_bench(figures())}, {"gap": {"kind": "result",
+                                                                                    "error": "boom"}})
+    assert not failed["ok"] and failed["benchmarks"]["gap"]["mode"] == "failed"
+    assert "missing" in benchmark.check_markdown(report)
+
+
+def test_loglog_slope():
+    assert benchmark.loglog_slope([1e2, 1e3, 1e4], [0.1, 1.0, 10.0]) == pytest.approx(1.0)
+    assert benchmark.loglog_slope([1e2], [0.1]) is None
+
+
+def test_quick_speed_benchmark_of_our_code_path(tmp_path):
+    """The amortized-training benchmark end to end (fresh worker process, the project's
+    make_epoch), at tiny size and without peers; only the structure of the output is checked."""
+    workdir = tmp_path / "bench"
+    code = benchmark.main(["--quick", "--no-peers", "--only", "amortized_training", "--workdir", str(workdir),
+                           "--quiet"])
+    assert code == 0
+    with open(workdir / "benchmark.json") as f:
+        report = json.load(f)
+    bench = report["benchmarks"]["amortized_training"]
+    ours = bench["rows"]["vi_jax_make_epoch"]
+    assert ours["errors"] == [] and len(ours["runs"]) == 1 and ours["median"] > 0
+    assert ours["compile_s"] is not None
+    assert bench["rows"]["torch_eager"]["skipped"].startswith("peers directory")
+    assert {t["target"] for t in bench["targets"]} >= {">= 3.5x torch eager"}
+    assert report["environment"]["backend"] and report["machine"]["cpu_count"]
+    assert os.path.exists(workdir / "benchmark.md")
