@@ -48,9 +48,8 @@ def test_stages_report_convergence_and_refinement(gaps):
     fit = info["local_fits"]["ffg"]
     assert fit["n"] == 40 and 0 <= fit["converged"] <= 40
     assert set(info["seconds"]) == {"elbo_amortized", "local_fit_ffg", "iwae_ffg", "semi_amortized"}
-    s = summarize(arrays)
-    # refinement from the encoder's output: K = 0 is the encoder's own ELBO (same keys, same q)
-    np.testing.assert_allclose(s["elbo_refined_0"]["mean"], s["elbo_amortized"]["mean"], atol=4 * s["elbo_amortized"]["stderr"])
+    # K = 0 refinement steps is the encoder's own q, and every ELBO uses the same draws
+    np.testing.assert_allclose(arrays["elbo_refined_0"], arrays["elbo_amortized"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("changes,match", [
