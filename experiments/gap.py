@@ -1,7 +1,7 @@
 """The main job: where does the ELBO lose to log p(x)? Amortization vs approximation gap.
 
-    python -m experiments.gap --workdir runs/gap                 # digits, a few minutes on 2 CPU cores
-    python -m experiments.gap --workdir runs/gap --quick         # smoke run, about a minute
+    python -m experiments.gap --workdir runs/gap                 # digits, about 70 s on 2 CPU cores
+    python -m experiments.gap --workdir runs/gap --quick         # smoke run, about 40 s
     python -m experiments.gap --checkpoint runs/train_vae        # use a trained VAE instead of training one
 
 Trains an amortized VAE (or loads one), then on a fixed seeded subset of the training split
@@ -16,6 +16,10 @@ approximation_gap_{ffg,flow}, amortization_gap_{ffg,flow}, semi_amortized curve;
 seed, config, environment, wall seconds of each stage), gap.md (the same as tables),
 gap_bars.png, local_vs_amortized.png, refinement.png, gap_<split>.npz (per-datapoint arrays),
 and vae_params.msgpack when it trained the VAE.
+
+Expected with the defaults (seed 0, CPU), test split: log p(x) -16.11, L[q_phi] -17.96,
+L[q*_FFG] -16.88, L[q*_flow] -16.69; approximation gap FFG 0.77 +- 0.01, amortization gap FFG
+1.08 +- 0.05 (flow: 0.58 and 1.27).
 """
 from __future__ import annotations
 

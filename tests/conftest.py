@@ -29,3 +29,18 @@ class TinyProblem:
 @pytest.fixture(scope="session")
 def tiny():
     return TinyProblem()
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """A small VAE (2-D latent, 32 hidden units) trained 30 epochs on digits: (vae, params, the
+    first 40 test images)."""
+    from vi_jax import data
+    from vi_jax.vae import VAEConfig, build_vae, train_vae
+
+    config = VAEConfig(latent_dim=2, encoder_hidden=(32,), decoder_hidden=(32,), batch_size=100,
+                       num_epochs=30, eval_every=0)
+    dataset = data.load_dataset("digits")
+    vae = build_vae(config, dataset.dim)
+    result = train_vae(vae, config, dataset.train, progress=False)
+    return vae, result.state.params, jnp.asarray(dataset.test[:40])

@@ -1,26 +1,18 @@
 """The gap decomposition on a small trained VAE: exact additivity, ordering, stage bookkeeping."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vi_jax import data
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
-from vi_jax.vae import VAEConfig, build_vae, train_vae
 
 PROTOCOL = GapProtocol(local_fit=LocalFitConfig(learning_rate=1e-2, check_every=20, patience=5, max_steps=2000),
                        elbo_samples=200, iwae_samples=500, refine_steps=(0, 3))
 
 
 @pytest.fixture(scope="module")
-def gaps():
-    config = VAEConfig(latent_dim=2, encoder_hidden=(32,), decoder_hidden=(32,), batch_size=100,
-                       num_epochs=30, eval_every=0)
-    dataset = data.load_dataset("digits")
-    vae = build_vae(config, dataset.dim)
-    params = train_vae(vae, config, dataset.train, progress=False).state.params
-    x = jnp.asarray(dataset.test[:40])
+def gaps(trained):
+    vae, params, x = trained
     arrays, info = evaluate_gaps(jax.random.PRNGKey(0), vae.model, params["decoder"], vae.family,
                                  vae.encode(params["encoder"], x), {"ffg": vae.family}, x, PROTOCOL)
     return arrays, info

@@ -7,11 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from vi_jax import data
 from vi_jax.elbo import make_elbo, map_datapoints
 from vi_jax.local import (LocalFitConfig, make_local_fit, make_refine, row_optimizer, take_rows,
                           tile_rows)
-from vi_jax.vae import VAEConfig, build_vae, train_vae
 
 N, D = 6, 3
 
@@ -59,17 +57,6 @@ def test_row_trajectory_equals_a_single_row_optax_run():
         row = optax.apply_updates(row, u)
     for name in table:  # equal up to float32 rounding (vmapped vs plain code may fuse differently)
         np.testing.assert_allclose(t[name][2], row[name], rtol=1e-6, atol=1e-7)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    """A small VAE trained briefly on digits, with 40 held-out points."""
-    config = VAEConfig(latent_dim=2, encoder_hidden=(32,), decoder_hidden=(32,), batch_size=100,
-                       num_epochs=30, eval_every=0)
-    dataset = data.load_dataset("digits")
-    vae = build_vae(config, dataset.dim)
-    result = train_vae(vae, config, dataset.train, progress=False)
-    return vae, result.state.params, jnp.asarray(dataset.test[:40])
 
 
 FIT = LocalFitConfig(learning_rate=1e-2, check_every=20, patience=3, max_steps=3000)
