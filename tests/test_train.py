@@ -138,3 +138,14 @@ def test_semi_amortized_training_learns_and_refinement_helps(digits, differentia
     evaluate = jax.jit(lambda q: map_datapoints(elbo, jax.random.PRNGKey(2), params["decoder"], q, x).elbo)
     gain = np.asarray(evaluate(q_k) - evaluate(q0))
     assert gain.mean() > 4 * gain.std(ddof=1) / np.sqrt(gain.size), gain.mean()
+
+
+def test_amortized_flow_family_trains(digits):
+    """The encoder outputs every flow parameter (family.num_params); the ELBO is the entropy form."""
+    train, test = digits
+    config = dataclasses.replace(SMALL, family="flow", kl="mc", num_epochs=5)
+    vae = build_vae(config, train.shape[1])
+    assert vae.family.name == "flow" and vae.family.num_params > 2 * config.latent_dim
+    result = train_vae(vae, config, train, progress=False)
+    elbos = [h["train_elbo"] for h in result.history]
+    assert np.all(np.isfinite(elbos)) and elbos[-1] > elbos[0] + 5.0, elbos
