@@ -2,13 +2,19 @@
 
 Modules:
   distributions  prior, observation models (likelihoods), sampling helper
-  families       variational families q(z) (diagonal Gaussian, ...)
+  families       variational families q(z) (diagonal Gaussian; get_family also gives "flow")
+  flows          coupling-flow family (distrax MaskedCoupling)
   models         latent-variable models p(x, z) = p(x|z; theta) p(z)
   networks       Flax MLP encoder / decoder
   elbo           per-datapoint ELBO and IWAE estimators (vmapped, jitted by callers)
-  train          amortized VI as an init/step algorithm and a fused-epoch training loop
+  local          per-datapoint q tables: per-row optimizer state, full-set fits, refinement
+  train          amortized / non-amortized / semi-amortized VI as init/step algorithms, fused epochs
   vae            the VAE configuration and its end-to-end training/evaluation
+  gap            the gap decomposition (approximation vs amortization) per datapoint
+  oracles        exact oracles: linear-Gaussian closed forms, quadrature for 2-D latents
+  checkpoint     orbax checkpoints with config checks; sharding: SPMD over several devices
   data           datasets (digits, binarized MNIST, TFDS) and input validation
+  config, io, provenance, plotting   overrides, atomic files, versions/device, figures
 """
 
 __version__ = "0.1.0"
