@@ -23,11 +23,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from vi_jax import data, io, provenance
+from vi_jax import io, provenance
 from vi_jax.config import apply_overrides
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import take_rows
-from vi_jax.vae import TRAINING_MODES, VAEConfig, build_vae, train_vae
+from vi_jax.vae import TRAINING_MODES, VAEConfig, build_vae, load_training_data, train_vae
 
 COLUMNS = ("log_px", "elbo_local_ffg", "approximation_gap_ffg", "elbo_amortized", "amortization_gap_ffg")
 
@@ -65,9 +65,8 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
     for mode in config.modes:
         dataclasses.replace(config.vae, mode=mode).validate()
     config.protocol.validate()
-    dataset = data.load_dataset(config.vae.dataset, data_dir=data_dir, seed=config.vae.seed)
-    splits = {name: data.validate_data(getattr(dataset, name), likelihood=config.vae.likelihood,
-                                       name=f"{config.vae.dataset} {name}") for name in ("train", "test")}
+    dataset, train, test = load_training_data(config.vae, data_dir)
+    splits = {"train": train, "test": test}
     key = jax.random.PRNGKey(config.seed)
     rows = {name: jnp.sort(jax.random.permutation(jax.random.fold_in(key, i), len(x))[:config.n_eval])
             for i, (name, x) in enumerate(splits.items())}

@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance
+from vi_jax import io, plotting, provenance
 from vi_jax.config import apply_overrides
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
-from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, train_vae
+from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
 SPLITS = ("train", "test")
 QUANTITIES = ("log_px", "elbo_amortized", "elbo_local_ffg", "elbo_local_flow", "inference_gap",
@@ -139,9 +139,8 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     else:
         vae_config = config.vae
         vae_config.validate()
-    dataset = data.load_dataset(vae_config.dataset, data_dir=data_dir, seed=vae_config.seed)
-    splits = {name: data.validate_data(getattr(dataset, name), likelihood=vae_config.likelihood,
-                                       name=f"{vae_config.dataset} {name}") for name in SPLITS}
+    dataset, train, test = load_training_data(vae_config, data_dir)
+    splits = dict(zip(SPLITS, (train, test)))
     if not config.checkpoint:
         log(f"training the amortized VAE ({vae_config.num_epochs} epochs on {vae_config.dataset})")
         vae = build_vae(vae_config, dataset.dim, len(splits["train"]) // vae_config.batch_size)

@@ -61,11 +61,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vi_jax import data, io, oracles, plotting, provenance
+from vi_jax import io, oracles, plotting, provenance
 from vi_jax.config import apply_overrides
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
-from vi_jax.vae import VAEConfig, build_vae, train_vae
+from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
 QUANTITIES = (
     ("log_px", "log p(x)"),
@@ -213,9 +213,7 @@ def run_vae(config: OracleGapConfig, key, log, progress: bool) -> tuple[dict, di
     vae_config = c.vae
     seconds = {}
     start = time.perf_counter()
-    dataset = data.load_dataset(vae_config.dataset, seed=vae_config.seed)
-    train = data.validate_data(dataset.train, likelihood=vae_config.likelihood, name="digits train")
-    test = data.validate_data(dataset.test, likelihood=vae_config.likelihood, name="digits test")
+    dataset, train, test = load_training_data(vae_config)
     log(f"[vae] training the VAE ({vae_config.num_epochs} epochs)")
     vae = build_vae(vae_config, dataset.dim, len(train) // vae_config.batch_size)
     params = train_vae(vae, vae_config, train, progress=progress).state.params

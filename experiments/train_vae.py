@@ -24,15 +24,8 @@ import numpy as np
 
 from vi_jax import data, io, plotting, provenance
 from vi_jax.config import apply_overrides
-from vi_jax.vae import VAEConfig, build_vae, make_evaluator, mean_and_stderr, train_vae
-
-
-def load_training_data(config: VAEConfig, data_dir: str | None):
-    """The dataset named by the config, validated for its likelihood."""
-    dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
-    train = data.validate_data(dataset.train, likelihood=config.likelihood, name=f"{config.dataset} train")
-    test = data.validate_data(dataset.test, likelihood=config.likelihood, name=f"{config.dataset} test")
-    return dataset, train, test
+from vi_jax.vae import (VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr,
+                        train_vae)
 
 
 def save_pictures(vae, params, test: np.ndarray, image_shape, key, workdir: str) -> None:

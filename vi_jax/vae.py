@@ -5,7 +5,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import flax.serialization
@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import tqdm
 
-from vi_jax import networks, sharding
+from vi_jax import data, networks, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
 from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
@@ -140,6 +140,15 @@ def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1, num_tr
                                      optax.adam(config.local_learning_rate), **common)
         encoder = None
     return VAE(model, family, encoder, algorithm, config.mode)
+
+
+def load_training_data(config: VAEConfig, data_dir: Optional[str] = None):
+    """(dataset, train, test): the dataset the config names, both splits validated for its
+    likelihood (float32 [N, D]; errors name the split and the problem)."""
+    dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
+    train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
+                                      name=f"{config.dataset} {split}") for split in ("train", "test"))
+    return dataset, train, test
 
 
 def mean_and_stderr(values) -> dict:
