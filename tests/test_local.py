@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from vi_jax.elbo import make_elbo, map_datapoints
 from vi_jax.local import (LocalFitConfig, make_local_fit, make_refine, row_optimizer, take_rows,

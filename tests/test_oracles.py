@@ -18,7 +18,6 @@ from vi_jax.elbo import make_elbo, make_iwae
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol
 from vi_jax.local import LocalFitConfig, make_local_fit, tile_rows
-from vi_jax.train import amortized_vi
 
 
 def model_and_data(latent_dim, data_dim, n, seed=0):
