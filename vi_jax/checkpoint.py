@@ -36,9 +36,11 @@ class Checkpointer:
                                                          metadata=ocp.args.JsonSave(metadata)))
         self.manager.wait_until_finished()
 
-    def restore(self, template_state: Any, config: dict) -> tuple[int, Any, dict]:
+    def restore(self, template_state: Any, config: dict, defaults: Optional[dict] = None) -> tuple[int, Any, dict]:
         """(epoch, state, metadata) of the newest checkpoint; CheckpointError if it is unreadable
-        or its config differs from `config` in a field outside RESUMABLE_CHANGES."""
+        or its config differs from `config` in a field outside RESUMABLE_CHANGES. A field the
+        checkpoint's config lacks (added to the code later) matches when `config` holds its
+        value in `defaults`, the config class's defaults."""
         epoch = self.latest_epoch()
         if epoch is None:
             raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
@@ -48,6 +50,8 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {self.directory}/{epoch} is unreadable "
                                   f"({type(err).__name__}: {err})") from err
         saved, config = metadata.get("config", {}), json.loads(json.dumps(config))  # tuples -> lists
+        for name, value in json.loads(json.dumps(defaults or {})).items():
+            saved.setdefault(name, value)
         differing = sorted(k for k in set(saved) | set(config)
                            if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
         if differing:

@@ -22,8 +22,9 @@ from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import KL_FORMS, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
 from vi_jax.models import LatentVariableModel, decoder_model
-from vi_jax.train import (Algorithm, TrainState, amortized_vi, first_nonfinite, make_epoch,
-                          non_amortized_vi, semi_amortized_vi)
+from vi_jax.train import (OBJECTIVES, Algorithm, TrainState, amortized_vi, dynamically_binarized,
+                          first_nonfinite, make_epoch, non_amortized_vi, semi_amortized_vi,
+                          stage_of_epoch, staged_learning_rate)
 
 Array = jax.Array
 
@@ -43,8 +44,14 @@ class VAEConfig:
     kernel_init: str = "lecun_normal"
     num_samples: int = 1  # reparameterized draws per datapoint in the training ELBO
     kl: str = "analytic"  # "analytic" (KL form) or "mc" (entropy form)
+    objective: str = "elbo"  # training objective: "elbo", or "iwae" (the IWAE bound with K = num_samples)
     batch_size: int = 50
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # Adam's constant rate (when stage_epochs is empty)
+    stage_epochs: tuple[int, ...] = ()  # a staged schedule: stage s runs stage_epochs[s] epochs ...
+    stage_learning_rates: tuple[float, ...] = ()  # ... at stage_learning_rates[s]
+    adam_eps: float = 1e-8
+    decoder_output_bias: str = "zeros"  # or "data_mean": start the output bias at logit(mean pixel)
+    dynamic_binarization: bool = False  # train on x ~ Bernoulli(grey x), resampled every step
     num_epochs: int = 200
     kl_warmup_epochs: int = 0
     eval_every: int = 25  # epochs between held-out evaluations (0: only at the end)
@@ -68,9 +75,26 @@ class VAEConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "local_learning_rate", "refine_learning_rate"):
+        for name in ("learning_rate", "local_learning_rate", "refine_learning_rate", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.stage_epochs or self.stage_learning_rates:
+            if len(self.stage_epochs) != len(self.stage_learning_rates):
+                raise ValueError(f"stage_epochs ({len(self.stage_epochs)}) and stage_learning_rates "
+                                 f"({len(self.stage_learning_rates)}) need one entry per stage")
+            if min(self.stage_epochs) < 1 or min(self.stage_learning_rates) <= 0:
+                raise ValueError("every stage needs >= 1 epoch and a learning rate > 0")
+            if sum(self.stage_epochs) != self.num_epochs:
+                raise ValueError(f"num_epochs ({self.num_epochs}) must equal the stages' total "
+                                 f"({sum(self.stage_epochs)})")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown training objective {self.objective!r}; known: {OBJECTIVES}")
+        if self.objective == "iwae" and (self.mode != "amortized" or self.kl_warmup_epochs):
+            raise ValueError("objective=iwae needs mode=amortized and kl_warmup_epochs=0")
+        if self.decoder_output_bias not in OUTPUT_BIASES:
+            raise ValueError(f"unknown decoder_output_bias {self.decoder_output_bias!r}; known: {OUTPUT_BIASES}")
+        if (self.decoder_output_bias == "data_mean" or self.dynamic_binarization) and self.likelihood != "bernoulli":
+            raise ValueError("decoder_output_bias=data_mean and dynamic_binarization need likelihood=bernoulli")
         if min(self.eval_every, self.kl_warmup_epochs, self.refine_steps, self.checkpoint_every,
                self.grad_clip_norm) < 0:
             raise ValueError("eval_every, kl_warmup_epochs, refine_steps, checkpoint_every and "
@@ -90,6 +114,10 @@ class VAEConfig:
 
 
 TRAINING_MODES = ("amortized", "non_amortized", "semi_amortized")
+OUTPUT_BIASES = ("zeros", "data_mean")
+# Pixel means are clipped to [c, 1 - c] before the logit: pixels that are always 0 in the
+# training set would otherwise start at a bias of -inf.
+OUTPUT_BIAS_CLIP = 1e-3
 
 
 class VAE(NamedTuple):
@@ -124,11 +152,14 @@ def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1, num_tr
     model = decoder_model(decoder, likelihood, config.latent_dim, data_dim)
     common = dict(num_samples=config.num_samples, kl=config.kl,
                   kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch)
-    optimizer = optax.adam(config.learning_rate)
+    learning_rate = config.learning_rate
+    if config.stage_epochs:
+        learning_rate = staged_learning_rate(config.stage_epochs, config.stage_learning_rates, steps_per_epoch)
+    optimizer = optax.adam(learning_rate, eps=config.adam_eps)
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     if config.mode == "amortized":
-        algorithm = amortized_vi(model, family, encoder, optimizer, **common)
+        algorithm = amortized_vi(model, family, encoder, optimizer, objective=config.objective, **common)
     elif config.mode == "semi_amortized":
         algorithm = semi_amortized_vi(model, family, encoder, optimizer, refine_steps=config.refine_steps,
                                       refine_optimizer=optax.adam(config.refine_learning_rate),
@@ -139,15 +170,22 @@ def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1, num_tr
         algorithm = non_amortized_vi(model, family, num_train, optimizer,
                                      optax.adam(config.local_learning_rate), **common)
         encoder = None
+    if config.dynamic_binarization:
+        algorithm = dynamically_binarized(algorithm)
     return VAE(model, family, encoder, algorithm, config.mode)
 
 
 def load_training_data(config: VAEConfig, data_dir: Optional[str] = None):
     """(dataset, train, test): the dataset the config names, both splits validated for its
-    likelihood (float32 [N, D]; errors name the split and the problem)."""
+    likelihood (float32 [N, D]; errors name the split and the problem). With
+    dynamic_binarization the test split is one fixed draw x ~ Bernoulli(grey x) (key
+    fold_in(seed, 4)); the training split stays grey and is resampled at every step."""
     dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
     train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
                                       name=f"{config.dataset} {split}") for split in ("train", "test"))
+    if config.dynamic_binarization:  # held-out data binarized once, with a key of its own
+        test_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
+        test = np.asarray(jax.random.bernoulli(test_key, test), np.float32)
     return dataset, train, test
 
 
@@ -180,6 +218,13 @@ def make_evaluator(vae: VAE, config: VAEConfig, iwae_samples: int) -> Evaluator:
         return map_datapoints(iwae_fn, key, params["decoder"], q, data, config.eval_batch_size)
 
     return Evaluator(jax.jit(elbo), jax.jit(iwae))
+
+
+def pixel_mean_logits(x: Array) -> Array:
+    """logit(clip(mean_n x_n, c, 1 - c)), c = OUTPUT_BIAS_CLIP: the Bernoulli logits of the
+    pixel means (the decoder's output bias with decoder_output_bias="data_mean")."""
+    mean = jnp.clip(jnp.mean(x, axis=0), OUTPUT_BIAS_CLIP, 1.0 - OUTPUT_BIAS_CLIP)
+    return jnp.log(mean) - jnp.log1p(-mean)
 
 
 class TrainResult(NamedTuple):
@@ -215,6 +260,9 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     train_data = jnp.asarray(train_data)
     state = vae.algorithm.init(init_key, train_data[0])
+    if config.decoder_output_bias == "data_mean":
+        decoder = networks.with_output_bias(state.params["decoder"], pixel_mean_logits(train_data))
+        state = state._replace(params={**state.params, "decoder": decoder})
     batches_from = vae.training_data(train_data)
     step = vae.algorithm.step
     if config.num_devices > 1:
@@ -228,7 +276,8 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
     if checkpointer is not None:
         if resume:
-            last, state, metadata = checkpointer.restore(state, dataclasses.asdict(config))
+            last, state, metadata = checkpointer.restore(state, dataclasses.asdict(config),
+                                                          defaults=dataclasses.asdict(VAEConfig()))
             history, first_epoch = metadata["history"], last + 1
         elif checkpointer.latest_epoch() is not None:
             raise CheckpointError(f"{checkpointer.directory} already holds checkpoints: resume the run "
@@ -249,6 +298,8 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
                 f"loss={float(infos.loss[bad])}, elbo={float(infos.elbo[bad])}; "
                 f"lower the learning rate, set grad_clip_norm, or check the data{kept}")
         record = {"epoch": epoch, "train_elbo": float(infos.elbo.mean())}
+        if config.stage_epochs:
+            record["stage"] = stage_of_epoch(config.stage_epochs, epoch)
         if evaluator is not None and config.eval_every and epoch % config.eval_every == 0:
             key = jax.random.fold_in(eval_key, epoch)
             record["eval_elbo"] = float(evaluator.elbo(key, state.params, eval_data).mean())
