@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vi_jax.distributions import sample_and_log_prob
+from vi_jax.estimators import score_function_surrogate
 from vi_jax.families import VariationalFamily
 from vi_jax.models import LatentVariableModel
 
@@ -20,6 +21,7 @@ Array = jax.Array
 Params = Any
 
 KL_FORMS = ("analytic", "mc")
+ESTIMATORS = ("reparam", "stl", "score_function")
 
 
 class ElboTerms(NamedTuple):
@@ -44,12 +46,34 @@ class IwaeTerms(NamedTuple):
 
 
 def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samples: int = 1,
-              kl: str = "analytic") -> Callable[[Array, Params, Params, Array], ElboTerms]:
+              kl: str = "analytic", estimator: str = "reparam"
+              ) -> Callable[[Array, Params, Params, Array], ElboTerms]:
     """L(x; q) = E_q[log p(x|z)] - KL(q || p(z)), estimated with `num_samples` draws.
 
     kl="analytic": closed-form KL (the KL form); kl="mc": (1/M) sum_m [log q(z_m) - log p(z_m)],
     which makes the estimate the entropy form E_q[log p(x|z) + log p(z) - log q(z)] and works
-    for any family. z_m = reparameterized draws, so gradients flow to q's parameters.
+    for any family.
+
+    estimator: how the returned value's gradient w.r.t. q's parameters lambda estimates
+    grad_lambda L (every choice is unbiased and leaves the value, the ELBO estimate, unchanged):
+      "reparam": z_m = reparameterized draws (z = mu + sigma eps), gradients flow through them.
+      "stl": sticking the landing (Roeder et al. 2017): reparameterized draws, with log q(z_m)
+        evaluated at stop_gradient(lambda). That drops the score term E_q[grad_lambda log q(z)]
+        = 0 from the entropy form's gradient, which leaves only the path derivative of
+        log p(x, z) - log q(z): zero, with zero variance, where q is the exact posterior.
+        Needs kl="mc".
+      "score_function": REINFORCE with a leave-one-out baseline
+        (vi_jax.estimators.score_function_surrogate) on f = log p(x|z) (minus the closed-form
+        KL) or f = log p(x, z) - log q(z) (kl="mc"); the draws carry no gradient, so any family
+        qualifies. Needs num_samples >= 2.
+    A mixture family (family.components set) is estimated by stratification over its K
+    components for "reparam" and "stl":
+        E_q f = sum_k pi_k E_{q_k} f  ~  sum_k pi_k (1/M) sum_m f(z_km),  z_km ~ q_k reparameterized,
+    M draws from each component (K M likelihood evaluations), f with log q the full mixture
+    density; the weights pi_k carry the gradient to the mixture logits, which a draw of the
+    mixture does not. Reconstruction and kl are weighted likewise. Dropping STL's score term
+    stays unbiased here since sum_k pi_k E_{q_k}[grad log q] = E_q[grad log q] = 0.
+    "score_function" samples the mixture itself.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -57,18 +81,47 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
         raise ValueError(f"unknown kl form {kl!r}; known: {KL_FORMS}")
     if kl == "analytic" and family.kl_to_prior is None:
         raise ValueError(f"family {family.name!r} has no closed-form KL; use kl='mc'")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown gradient estimator {estimator!r}; known: {ESTIMATORS}")
+    if estimator == "stl" and kl != "mc":
+        raise ValueError("estimator 'stl' drops the score term of log q from the entropy form; use kl='mc'")
+    if estimator == "score_function" and num_samples < 2:
+        raise ValueError(f"estimator 'score_function' needs num_samples >= 2 (leave-one-out baseline), "
+                         f"got {num_samples}")
+    stratified = family.components is not None and estimator != "score_function"
     prior = model.prior()
 
     def elbo(key: Array, theta: Params, q_params: Params, x: Array) -> ElboTerms:
         q = family.distribution(q_params)
         keys = jax.random.split(key, num_samples)
-        z, log_q = jax.vmap(lambda k: sample_and_log_prob(q, k))(keys)
+        pi = None
+        if stratified:  # row m * K + k of z is draw m of component k
+            log_pi, components = family.components(q_params)
+            z = jax.vmap(lambda k: sample_and_log_prob(components, k)[0])(keys).reshape(-1, family.latent_dim)
+            pi = jnp.exp(log_pi)
+        else:
+            z, log_q = jax.vmap(lambda k: sample_and_log_prob(q, k))(keys)
+        if estimator == "score_function":
+            z = jax.lax.stop_gradient(z)
+        if estimator == "stl":
+            q = family.distribution(jax.lax.stop_gradient(q_params))
+        if stratified or estimator != "reparam":
+            log_q = jax.vmap(q.log_prob)(z)
+
+        def estimate(f: Array) -> Array:
+            """The estimate of E_q f from f at the draws (its gradient: the chosen estimator's)."""
+            if estimator == "score_function":
+                return score_function_surrogate(f, log_q)
+            if pi is None:
+                return jnp.mean(f)
+            return jnp.mean(f.reshape(num_samples, -1) @ pi)  # (1/M) sum_m sum_k pi_k f(z_mk)
+
         log_lik = jax.vmap(lambda z_m: model.likelihood(theta, z_m).log_prob(x))(z)
-        reconstruction = jnp.mean(log_lik)
+        reconstruction = estimate(log_lik)
         if kl == "analytic":
             kl_value = family.kl_to_prior(q_params)
         else:
-            kl_value = jnp.mean(log_q - jax.vmap(prior.log_prob)(z))
+            kl_value = -estimate(jax.vmap(prior.log_prob)(z) - log_q)
         return ElboTerms(reconstruction - kl_value, reconstruction, kl_value)
 
     return elbo
@@ -135,3 +188,29 @@ def map_datapoints(fn: Callable, key: Array, theta: Params, q_params: Params, da
     if batch_size is None:
         return jax.vmap(one)((indices, q_params, data))
     return jax.lax.map(one, (indices, q_params, data), batch_size=batch_size)
+
+
+def make_iwae_objective(model: LatentVariableModel, family: VariationalFamily, *,
+                        num_samples: int) -> Callable[[Array, Params, Params, Array], tuple[Array, ElboTerms]]:
+    """The K-sample IWAE bound as a training objective (Burda et al. 2015), for one datapoint:
+
+        L_K = log (1/K) sum_k w_k,  w_k = p(x, z_k) / q(z_k),  z_k ~ q reparameterized,
+
+    all K draws at once (differentiable; K is small in training, unlike make_iwae's evaluation
+    K). Returns (L_K, ElboTerms of the same draws): the ELBO's entropy-form estimate
+    (1/K) sum_k log w_k with its parts, for monitoring. K = 1 is the ELBO with kl="mc".
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    prior = model.prior()
+
+    def objective(key: Array, theta: Params, q_params: Params, x: Array) -> tuple[Array, ElboTerms]:
+        q = family.distribution(q_params)
+        z, log_q = jax.vmap(lambda k: sample_and_log_prob(q, k))(jax.random.split(key, num_samples))
+        log_lik = jax.vmap(lambda z_k: model.likelihood(theta, z_k).log_prob(x))(z)
+        log_ratio = log_q - jax.vmap(prior.log_prob)(z)
+        bound = jax.nn.logsumexp(log_lik - log_ratio) - math.log(num_samples)
+        reconstruction, kl_value = jnp.mean(log_lik), jnp.mean(log_ratio)
+        return bound, ElboTerms(reconstruction - kl_value, reconstruction, kl_value)
+
+    return objective

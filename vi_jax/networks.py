@@ -58,3 +58,13 @@ def decoder(hidden: Sequence[int], num_outputs: int, activation: str = "relu",
     """Decoder z -> likelihood parameters (see Likelihood.num_outputs)."""
     check_network_options(activation, kernel_init)
     return MLP(tuple(hidden), num_outputs, activation, kernel_init)
+
+
+def with_output_bias(params, bias: jax.Array):
+    """MLP params with the output layer's bias replaced by `bias` (e.g. the logits of the
+    training set's pixel means, the Bernoulli decoder's start in Burda et al. 2015)."""
+    layers = params["params"]
+    output = f"Dense_{len(layers) - 1}"
+    if layers[output]["bias"].shape != bias.shape:
+        raise ValueError(f"output bias must have shape {layers[output]['bias'].shape}, got {bias.shape}")
+    return {**params, "params": {**layers, output: {**layers[output], "bias": bias}}}

@@ -16,9 +16,10 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from vi_jax.elbo import make_elbo
+from vi_jax.elbo import make_elbo, make_iwae_objective
 from vi_jax.families import VariationalFamily
 from vi_jax.local import make_refine, row_optimizer, take_rows, tile_rows
 from vi_jax.models import LatentVariableModel
@@ -78,28 +79,76 @@ def _gradient_step(objective: Callable, optimizer: optax.GradientTransformation,
     return step
 
 
+OBJECTIVES = ("elbo", "iwae")
+
+
 def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder: nn.Module,
                  optimizer: optax.GradientTransformation, *, num_samples: int = 1,
-                 kl: str = "analytic", kl_warmup_steps: int = 0) -> Algorithm:
+                 kl: str = "analytic", kl_warmup_steps: int = 0, objective: str = "elbo") -> Algorithm:
     """Jointly maximise (1/B) sum_i L(x_i; q_phi(z|x_i), theta) over encoder phi and decoder theta.
 
-    q_phi(z|x) = family.distribution(family.unflatten(encoder(x))). During KL warm-up the
-    objective is E_q[log p(x|z)] - beta_t KL; the logged `elbo` is always the true ELBO.
+    q_phi(z|x) = family.distribution(family.unflatten(encoder(x))). objective="elbo": L is the
+    ELBO with `num_samples` draws; during KL warm-up the objective is E_q[log p(x|z)] - beta_t KL.
+    objective="iwae": L is the IWAE bound L_K with K = num_samples (Burda et al. 2015; no
+    warm-up). The logged `elbo` is always the ELBO (for "iwae": estimated from the same K draws).
     """
-    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown training objective {objective!r}; known: {OBJECTIVES}")
+    if objective == "iwae" and kl_warmup_steps > 0:
+        raise ValueError("KL warm-up applies to the ELBO objective only, not to objective='iwae'")
+    if objective == "iwae":
+        iwae_fn = make_iwae_objective(model, family, num_samples=num_samples)
+    else:
+        elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
 
-    def objective(params: Params, key: Array, batch: Array, beta: Array):
+    def loss_fn(params: Params, key: Array, batch: Array, beta: Array):
         def per_datapoint(k, x):
             q_params = family.unflatten(encoder.apply(params["encoder"], x))
-            return elbo_fn(k, params["decoder"], q_params, x)
+            if objective == "iwae":
+                bound, terms = iwae_fn(k, params["decoder"], q_params, x)
+                return -bound, terms
+            terms = elbo_fn(k, params["decoder"], q_params, x)
+            return -(terms.reconstruction - beta * terms.kl), terms
 
         keys = jax.random.split(key, batch.shape[0])
-        terms = jax.tree.map(jnp.mean, jax.vmap(per_datapoint)(keys, batch))
-        loss = -(terms.reconstruction - beta * terms.kl)
-        return loss, TrainInfo(loss, terms.elbo, terms.reconstruction, terms.kl, beta)
+        losses, terms = jax.tree.map(jnp.mean, jax.vmap(per_datapoint)(keys, batch))
+        return losses, TrainInfo(losses, terms.elbo, terms.reconstruction, terms.kl, beta)
 
     return Algorithm(_encoder_decoder_init(model, encoder, optimizer),
-                     _gradient_step(objective, optimizer, kl_warmup_steps))
+                     _gradient_step(loss_fn, optimizer, kl_warmup_steps))
+
+
+def dynamically_binarized(algorithm: Algorithm) -> Algorithm:
+    """The same algorithm trained on x_t ~ Bernoulli(x), resampled at every step: dynamic
+    binarization of grey-scale images x in [0, 1] (Burda et al. 2015). The step's key is split
+    into one for the binarization and one for the algorithm; batches are arrays x."""
+
+    def step(key: Array, state: TrainState, batch: Array):
+        binarize_key, step_key = jax.random.split(key)
+        return algorithm.step(step_key, state, jax.random.bernoulli(binarize_key, batch).astype(batch.dtype))
+
+    return Algorithm(algorithm.init, step)
+
+
+def staged_learning_rate(stage_epochs, stage_rates, steps_per_epoch: int) -> optax.Schedule:
+    """Piecewise-constant rate: stage s lasts stage_epochs[s] epochs at stage_rates[s].
+
+    The optimizer's update t (0-based) lies in epoch floor(t / steps_per_epoch) + 1, so its stage
+    is the number of stage boundaries (cumulative epochs x steps_per_epoch) at or below t.
+    """
+    if len(stage_epochs) != len(stage_rates) or not stage_epochs:
+        raise ValueError(f"need one rate per stage, got {len(stage_epochs)} stages and {len(stage_rates)} rates")
+    boundaries = jnp.asarray(np.cumsum(stage_epochs)[:-1] * steps_per_epoch)
+    rates = jnp.asarray(stage_rates, jnp.float32)
+    return lambda count: rates[jnp.searchsorted(boundaries, count, side="right")]
+
+
+def stage_of_epoch(stage_epochs, epoch: int) -> int:
+    """1-based stage of a staged schedule that (1-based) `epoch` belongs to."""
+    ends = np.cumsum(stage_epochs)
+    if not 1 <= epoch <= ends[-1]:
+        raise ValueError(f"epoch {epoch} lies outside the schedule's epochs 1..{ends[-1]}")
+    return int(np.searchsorted(ends, epoch)) + 1
 
 
 def make_epoch(step: Callable, batch_size: int) -> Callable:
