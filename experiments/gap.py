@@ -50,7 +50,8 @@ class GapConfig:
     seed: int = 0
     vae: VAEConfig = VAEConfig()
     checkpoint: str = ""  # a train_vae workdir to load instead of training
-    n_eval: int = 300  # datapoints per split (a seeded subset; digits' test split has 300)
+    n_eval: int = 300  # datapoints per split (digits' test split has 300)
+    rows: str = "random"  # which n_eval rows: a seeded random subset, or the "first" n_eval
     flow_layers: int = 4
     flow_hidden: int = 16
     protocol: GapProtocol = GapProtocol()
@@ -61,9 +62,18 @@ QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", 
          "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
 
 
-def subset(key, x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted row indices, rows) of a seeded subset of n rows (all rows if n >= len(x))."""
-    index = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:n])
+ROW_CHOICES = ("random", "first")
+
+
+def subset(key, x: np.ndarray, n: int, rows: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    """(sorted row indices, rows) of a seeded random subset of n rows, or of the first n rows
+    (Cremer et al. evaluate the first 1000 training points); all rows if n >= len(x)."""
+    if rows not in ROW_CHOICES:
+        raise ValueError(f"unknown rows choice {rows!r}; known: {ROW_CHOICES}")
+    if rows == "first":
+        index = np.arange(min(n, len(x)))
+    else:
+        index = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:n])
     return index, x[index]
 
 
@@ -131,6 +141,8 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
 def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     log = print if progress else (lambda message: None)
     config.protocol.validate()
+    if config.rows not in ROW_CHOICES:
+        raise ValueError(f"unknown rows choice {config.rows!r}; known: {ROW_CHOICES}")
     timings = {}
     start = time.perf_counter()
     if config.checkpoint:
@@ -155,7 +167,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     arrays = {}
     for index, name in enumerate(SPLITS):
         split_key = jax.random.fold_in(key, index)
-        rows, x = subset(jax.random.fold_in(split_key, 0), splits[name], config.n_eval)
+        rows, x = subset(jax.random.fold_in(split_key, 0), splits[name], config.n_eval, config.rows)
         log(f"[{name}] gap decomposition on {len(rows)} datapoints")
         amortized = vae.encode(params["encoder"], jnp.asarray(x))
         per_point, info = evaluate_gaps(jax.random.fold_in(split_key, 1), vae.model, params["decoder"],
