@@ -2,8 +2,10 @@
 
 Modules:
   distributions  prior, observation models (likelihoods), sampling helper
-  families       variational families q(z) (diagonal Gaussian; get_family also gives "flow")
-  flows          coupling-flow family (distrax MaskedCoupling)
+  families       variational families q(z) (diagonal and full-covariance Gaussian; get_family
+                 also gives "flow", "iaf")
+  flows          coupling-flow family (distrax MaskedCoupling) and helpers shared by flow families
+  autoregressive inverse autoregressive flow family (MADE conditioners, our distrax bijector)
   models         latent-variable models p(x, z) = p(x|z; theta) p(z)
   networks       Flax MLP encoder / decoder
   elbo           per-datapoint ELBO and IWAE estimators (vmapped, jitted by callers)
