@@ -30,6 +30,10 @@ class VariationalFamily(NamedTuple):
       (then the ELBO must use the Monte-Carlo form).
     from_gaussian(params): the member equal to a diagonal Gaussian {"mean", "log_scale"}
       (how local fits start from an amortized Gaussian encoder's output).
+    components(params): for a mixture q = sum_k pi_k q_k only, (log pi [K], the K components
+      q_k as one distribution with batch shape [K]); None otherwise. Sampling a mixture gives
+      no pathwise gradient to pi, so the ELBO then uses the stratified estimator
+      E_q f = sum_k pi_k E_{q_k} f with reparameterized draws from every q_k (vi_jax.elbo).
     """
 
     name: str
@@ -40,6 +44,7 @@ class VariationalFamily(NamedTuple):
     distribution: Callable[[Params], distrax.Distribution]
     kl_to_prior: Optional[Callable[[Params], Array]]
     from_gaussian: Callable[[Params], Params]
+    components: Optional[Callable[[Params], tuple[Array, distrax.Distribution]]] = None
 
     @property
     def kl_form(self) -> str:
@@ -128,17 +133,74 @@ def full_covariance_gaussian(latent_dim: int) -> VariationalFamily:
     )
 
 
-FAMILY_NAMES = ("gaussian", "full_gaussian", "flow", "iaf")
+# Component means start at mean + MIXTURE_OFFSET * sigma * delta_k (see mixture_gaussian).
+MIXTURE_OFFSET = 0.1
+
+
+def mixture_gaussian(latent_dim: int, num_components: int = 4) -> VariationalFamily:
+    """Mixture of K diagonal Gaussians q(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2), pi = softmax(logits).
+
+    params {"logits" [K], "mean" [K, d], "log_scale" [K, d]}. No closed-form KL to the prior
+    (kl_to_prior is None): the ELBO is the Monte-Carlo entropy form, estimated by stratification
+    over the components (`components`; vi_jax.elbo.make_elbo), because a draw of the mixture
+    (distrax.MixtureSameFamily) passes no gradient to the weights.
+
+    Symmetry: with identical components and equal weights the ELBO is invariant under
+    permuting the components, so its exact gradient is the same for all of them and gradient
+    ascent would keep them identical forever (only Monte-Carlo noise would split them). So
+    init() and from_gaussian(g) put component k at mean mu + MIXTURE_OFFSET * sigma * delta_k,
+    with fixed delta_k ~ N(0, I) drawn from jax.random.PRNGKey(0) and centred over k (the
+    mixture's mean stays mu; K = 1 is the diagonal Gaussian), with sigma_k = sigma and equal
+    weights: distinct components, yet q is within about (d / 2) MIXTURE_OFFSET^2 nats of g.
+    init() uses g = N(0, I), the prior.
+    """
+    if latent_dim < 1 or num_components < 1:
+        raise ValueError(f"latent_dim and num_components must be >= 1, got {latent_dim}, {num_components}")
+    k, d = num_components, latent_dim
+
+    def unflatten(flat: Array) -> Params:
+        logits, mean, log_scale = jnp.split(flat, [k, k + k * d])
+        return {"logits": logits, "mean": mean.reshape(k, d), "log_scale": log_scale.reshape(k, d)}
+
+    def components(params: Params) -> tuple[Array, distrax.Distribution]:
+        return (jax.nn.log_softmax(params["logits"]),
+                distrax.MultivariateNormalDiag(params["mean"], jnp.exp(params["log_scale"])))
+
+    def distribution(params: Params) -> distrax.Distribution:
+        return distrax.MixtureSameFamily(distrax.Categorical(logits=params["logits"]), components(params)[1])
+
+    def from_gaussian(gaussian_params: Params) -> Params:
+        delta = jax.random.normal(jax.random.PRNGKey(0), (k, d))
+        delta = delta - jnp.mean(delta, axis=0, keepdims=True)
+        mean, log_scale = gaussian_params["mean"], gaussian_params["log_scale"]
+        return {"logits": jnp.zeros(k),
+                "mean": mean[None, :] + MIXTURE_OFFSET * jnp.exp(log_scale)[None, :] * delta,
+                "log_scale": jnp.broadcast_to(log_scale, (k, d))}
+
+    return VariationalFamily(
+        name="mixture",
+        latent_dim=latent_dim,
+        num_params=k * (1 + 2 * d),
+        unflatten=unflatten,
+        init=lambda: from_gaussian({"mean": jnp.zeros(d), "log_scale": jnp.zeros(d)}),
+        distribution=distribution,
+        kl_to_prior=None,
+        from_gaussian=from_gaussian,
+        components=components,
+    )
+
+
+FAMILY_NAMES = ("gaussian", "full_gaussian", "flow", "iaf", "mixture")
 
 
 def get_family(name: str, latent_dim: int) -> VariationalFamily:
     """A family by name, with its default settings ("flow": vi_jax.flows.coupling_flow,
-    "iaf": vi_jax.autoregressive.inverse_autoregressive_flow)."""
+    "iaf": vi_jax.autoregressive.inverse_autoregressive_flow, "mixture": 4 components)."""
     from vi_jax.autoregressive import inverse_autoregressive_flow  # these build on this module
     from vi_jax.flows import coupling_flow
 
     families = {"gaussian": diagonal_gaussian, "full_gaussian": full_covariance_gaussian, "flow": coupling_flow,
-                "iaf": inverse_autoregressive_flow}
+                "iaf": inverse_autoregressive_flow, "mixture": mixture_gaussian}
     if name not in families:
         raise ValueError(f"unknown variational family {name!r}; known: {list(FAMILY_NAMES)}")
     return families[name](latent_dim)
