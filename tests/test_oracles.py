@@ -92,6 +92,24 @@ def test_optimal_ffg_is_stationary_and_its_gap_is_the_closed_form(default_model)
     assert oracles.ffg_approximation_gap(theta) > 0.05
 
 
+def test_ffg_elbo_gradient_equals_central_differences_of_the_closed_form_elbo(default_model):
+    """At random diagonal q (5 rows), every coordinate of ffg_elbo_gradient against central
+    differences of gaussian_elbo (step 1e-5: truncation O(step^2), rounding ~1e-16 / step)."""
+    _, theta, x = default_model
+    q = random_q(np.random.default_rng(1), 5, 4)
+    exact = oracles.ffg_elbo_gradient(theta, x[:5], q)
+    step = 1e-5
+    for name in ("mean", "log_scale"):
+        for j in range(4):
+            bump = np.zeros((5, 4))
+            bump[:, j] = step
+            up = oracles.gaussian_elbo(theta, x[:5], q | {name: q[name] + bump})
+            down = oracles.gaussian_elbo(theta, x[:5], q | {name: q[name] - bump})
+            np.testing.assert_allclose(exact[name][:, j], (up - down) / (2 * step), rtol=1e-6, atol=1e-6)
+    one = oracles.ffg_elbo_gradient(theta, x[0], {k: v[0] for k, v in q.items()})  # one row in, one out
+    np.testing.assert_allclose(one["mean"], exact["mean"][0], rtol=1e-12)
+
+
 def test_model_is_the_closed_form_model_and_data_are_seeded(default_model):
     """The LatentVariableModel's float32 log-joint equals the float64 formula (relative 1e-6);
     init returns fresh copies of the true parameters; sample_data is deterministic given the key
