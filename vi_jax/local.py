@@ -121,11 +121,12 @@ class LocalFitter(NamedTuple):
 
 
 def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, config: LocalFitConfig,
-                      *, kl: str = "analytic") -> LocalFitter:
+                      *, kl: str = "analytic", estimator: str = "reparam") -> LocalFitter:
     """Maximise L(x_i; q_i) over each q_i, all rows at once, with the convergence rule of
     LocalFitConfig. Every row runs Adam(config.learning_rate) on its own ELBO (config.num_samples
-    draws per step; step t of row i uses key fold_in(fold_in(key, t), i)). Jit `advance`."""
-    elbo_fn = make_elbo(model, family, num_samples=config.num_samples, kl=kl)
+    draws per step; step t of row i uses key fold_in(fold_in(key, t), i); gradients by
+    `estimator`, see make_elbo). Jit `advance`."""
+    elbo_fn = make_elbo(model, family, num_samples=config.num_samples, kl=kl, estimator=estimator)
     adam = optax.adam(config.learning_rate)
     max_checks = -(-config.max_steps // config.check_every)
 
@@ -179,9 +180,9 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
 
 
 def make_local_fit(model: LatentVariableModel, family: VariationalFamily, config: LocalFitConfig,
-                   *, kl: str = "analytic") -> Callable:
+                   *, kl: str = "analytic", estimator: str = "reparam") -> Callable:
     """fit(key, theta, init_table, data) -> LocalFit in one call (see make_local_fitter). Jit it."""
-    fitter = make_local_fitter(model, family, config, kl=kl)
+    fitter = make_local_fitter(model, family, config, kl=kl, estimator=estimator)
 
     def fit(key: Array, theta: Params, init_table: Params, data: Array) -> LocalFit:
         return fitter.finish(fitter.advance(key, theta, fitter.init(init_table), data, fitter.max_checks))
@@ -208,7 +209,7 @@ def fit_with_checkpoints(fitter: LocalFitter, key: Array, theta: Params, init_ta
 
 def make_refine(model: LatentVariableModel, family: VariationalFamily,
                 optimizer: optax.GradientTransformation, *, num_samples: int = 1,
-                kl: str = "analytic", return_path: bool = False) -> Callable:
+                kl: str = "analytic", estimator: str = "reparam", return_path: bool = False) -> Callable:
     """refine(key, theta, init_table, data, num_steps) -> table after num_steps ascent steps
     (with return_path: the tables after 0, 1, ..., num_steps steps, stacked on a leading axis).
 
@@ -216,9 +217,9 @@ def make_refine(model: LatentVariableModel, family: VariationalFamily,
     take a fixed number of per-row optimizer steps on its own ELBO, with no convergence rule.
     Differentiable, so a caller may backpropagate through the refinement. Step t of row i uses
     the same key as in `make_local_fit`, so refining k steps gives a prefix of a longer path.
-    `num_steps` must be static under jit.
+    `num_steps` must be static under jit. `estimator`: the ELBO gradient's, see make_elbo.
     """
-    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
+    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl, estimator=estimator)
     row_opt = row_optimizer(optimizer)
 
     def grad_of_elbo(key, theta, q, x):
