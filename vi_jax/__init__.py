@@ -2,13 +2,15 @@
 
 Modules:
   distributions  prior, observation models (likelihoods), sampling helper
-  families       variational families q(z) (diagonal and full-covariance Gaussian; get_family
-                 also gives "flow", "iaf")
+  families       variational families q(z) (diagonal and full-covariance Gaussian, mixture of
+                 diagonal Gaussians; get_family also gives "flow", "iaf")
   flows          coupling-flow family (distrax MaskedCoupling) and helpers shared by flow families
   autoregressive inverse autoregressive flow family (MADE conditioners, our distrax bijector)
   models         latent-variable models p(x, z) = p(x|z; theta) p(z)
   networks       Flax MLP encoder / decoder
-  elbo           per-datapoint ELBO and IWAE estimators (vmapped, jitted by callers)
+  elbo           per-datapoint ELBO (reparameterized, STL or score-function gradients; stratified
+                 over mixture components) and IWAE estimators (vmapped, jitted by callers)
+  estimators     score-function (REINFORCE) surrogate with a leave-one-out baseline
   local          per-datapoint q tables: per-row optimizer state, full-set fits, refinement
   train          amortized / non-amortized / semi-amortized VI as init/step algorithms, fused epochs
   vae            the VAE configuration and its end-to-end training/evaluation
