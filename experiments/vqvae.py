@@ -1,0 +1,104 @@
+"""Train a VQ-VAE (van den Oord et al. 2017) and report held-out reconstruction and codebook usage.
+
+    python -m experiments.vqvae --workdir runs/vqvae            # digits, ~20 s on 2 CPU cores
+    python -m experiments.vqvae --workdir runs/vqvae --quick    # smoke run, ~5 s
+    python -m experiments.vqvae --set codebook_size=128 --set num_latents=2
+
+Writes into --workdir (each file atomically, metrics.json last): metrics.json (test and train
+reconstruction NLL -log p(x | z_q) and the uniform-prior ELBO -NLL - L log K, each as
+{"mean", "stderr"} over datapoints; test codebook and commitment terms; codebook usage on the
+test set: per-code counts, perplexity exp(H(usage)) out of K, dead codes; seed, config,
+environment, wall times, per-epoch history) and reconstructions.png.
+Expected with the defaults (seed 0, CPU; L = 4 codes of D = 8 from K = 32): test reconstruction
+NLL 9.50 +- 0.34 nats (train 4.85: the discrete code overfits the 1497 training digits), test
+ELBO -23.36 (of which L log K = 13.86), perplexity 30.9 of 32, no dead codes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from vi_jax import data, io, plotting, provenance
+from vi_jax.config import apply_overrides
+from vi_jax.vae import mean_and_stderr
+from vi_jax.vqvae import VQVAEConfig, build_vqvae, codebook_usage, evaluate, reconstruct, train_vqvae
+
+QUICK = ["num_epochs=5", "encoder_hidden=32", "decoder_hidden=32"]
+
+
+def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
+    """Train, evaluate, write the workdir's files; return the metrics dict."""
+    config.validate()
+    dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
+    train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
+                                      name=f"{config.dataset} {split}") for split in ("train", "test"))
+    vq = build_vqvae(config, dataset.dim)
+    state, history, train_seconds = train_vqvae(vq, config, train, progress=progress)
+    params = state.params
+
+    start = time.perf_counter()
+    test_terms, train_terms = (evaluate(vq, params, x, config.eval_batch_size) for x in (test, train))
+    usage = codebook_usage(test_terms.codes, config.codebook_size)
+    eval_seconds = time.perf_counter() - start
+
+    metrics = {
+        "test_reconstruction_nll": mean_and_stderr(test_terms.reconstruction),
+        "train_reconstruction_nll": mean_and_stderr(train_terms.reconstruction),
+        "test_elbo_uniform_prior": mean_and_stderr(test_terms.elbo),
+        "test_codebook_loss": mean_and_stderr(test_terms.codebook),
+        "test_commitment_loss": mean_and_stderr(test_terms.commitment),
+        "codebook_usage": {"counts": usage.counts.tolist(), "perplexity": usage.perplexity,
+                           "max_perplexity": config.codebook_size, "dead_codes": usage.dead_codes,
+                           "split": "test"},
+        "data_dim": int(dataset.dim),
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "seed": config.seed,
+        "config": dataclasses.asdict(config),
+        "environment": provenance.environment(),
+        "wall_seconds": {"train": round(train_seconds, 2), "evaluate": round(eval_seconds, 2)},
+        "history": history,
+    }
+    os.makedirs(workdir, exist_ok=True)
+    originals = test[:16]
+    recon = np.asarray(reconstruct(vq, params, originals))
+    fig = plotting.image_grid(np.concatenate([originals, recon]), dataset.image_shape, 16,
+                              "test images (top) and E[x | z_q(x)] (bottom)")
+    io.atomic_save_figure(fig, os.path.join(workdir, "reconstructions.png"))
+    plotting.close(fig)
+    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    return metrics
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/vqvae", help="output directory")
+    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
+    parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS}")
+    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
+    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override any VQVAEConfig field, e.g. --set codebook_size=64 --set num_latents=2")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    overrides = (QUICK if args.quick else []) + list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.dataset is not None:
+        overrides.append(f"dataset={args.dataset}")
+    config = apply_overrides(VQVAEConfig(), overrides)
+    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    nll, usage = metrics["test_reconstruction_nll"], metrics["codebook_usage"]
+    print(f"test reconstruction NLL {nll['mean']:.3f} ± {nll['stderr']:.3f} nats")
+    print(f"test ELBO (uniform prior) {metrics['test_elbo_uniform_prior']['mean']:.3f} nats")
+    print(f"codebook perplexity {usage['perplexity']:.2f} of {usage['max_perplexity']}, "
+          f"{usage['dead_codes']} dead codes")
+    print(f"wrote {args.workdir}/metrics.json ({metrics['wall_seconds']})")
+
+
+if __name__ == "__main__":
+    main()
