@@ -14,6 +14,7 @@ Modules:
   local          per-datapoint q tables: per-row optimizer state, full-set fits, refinement
   train          amortized / non-amortized / semi-amortized VI as init/step algorithms, fused epochs
   vae            the VAE configuration and its end-to-end training/evaluation
+  vqvae          VQ-VAE: codebook, nearest-code quantization, straight-through gradient, usage
   gap            the gap decomposition (approximation vs amortization) per datapoint
   oracles        exact oracles: linear-Gaussian closed forms, quadrature for 2-D latents
   checkpoint     orbax checkpoints with config checks; sharding: SPMD over several devices
