@@ -202,3 +202,14 @@ def test_staged_rate_and_output_bias_and_dynamic_binarization(digits):
     # each pixel is Bernoulli(grey): the binarized mean is within 4 standard errors of the grey mean
     se = np.sqrt(np.sum(np.asarray(grey[:200]) * (1 - np.asarray(grey[:200])))) / binary.size
     assert abs(binary.mean() - float(grey[:200].mean())) < 4 * se
+
+
+@pytest.mark.parametrize("estimator", ["stl", "score_function"])
+def test_vae_trains_with_each_gradient_estimator(digits, estimator):
+    """The config's estimator reaches the encoder's ELBO (estimators are tested for
+    unbiasedness in tests/test_estimators.py); training stays finite and improves the ELBO."""
+    _, _, result = run_small(digits, estimator=estimator, kl="mc", num_samples=2, num_epochs=4)
+    elbos = [h["train_elbo"] for h in result.history]
+    assert all(np.isfinite(elbos)) and elbos[-1] > elbos[0], elbos
+    with pytest.raises(ValueError, match="unknown gradient estimator"):
+        run_small(digits, estimator="reinforce")

@@ -84,22 +84,25 @@ OBJECTIVES = ("elbo", "iwae")
 
 def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder: nn.Module,
                  optimizer: optax.GradientTransformation, *, num_samples: int = 1,
-                 kl: str = "analytic", kl_warmup_steps: int = 0, objective: str = "elbo") -> Algorithm:
+                 kl: str = "analytic", kl_warmup_steps: int = 0, objective: str = "elbo",
+                 estimator: str = "reparam") -> Algorithm:
     """Jointly maximise (1/B) sum_i L(x_i; q_phi(z|x_i), theta) over encoder phi and decoder theta.
 
     q_phi(z|x) = family.distribution(family.unflatten(encoder(x))). objective="elbo": L is the
     ELBO with `num_samples` draws; during KL warm-up the objective is E_q[log p(x|z)] - beta_t KL.
     objective="iwae": L is the IWAE bound L_K with K = num_samples (Burda et al. 2015; no
     warm-up). The logged `elbo` is always the ELBO (for "iwae": estimated from the same K draws).
+    estimator: how the ELBO's gradient w.r.t. the encoder is estimated (vi_jax.elbo.make_elbo:
+    "reparam", "stl" or "score_function"; the IWAE objective is reparameterized).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown training objective {objective!r}; known: {OBJECTIVES}")
-    if objective == "iwae" and kl_warmup_steps > 0:
-        raise ValueError("KL warm-up applies to the ELBO objective only, not to objective='iwae'")
+    if objective == "iwae" and (kl_warmup_steps > 0 or estimator != "reparam"):
+        raise ValueError("objective='iwae' takes no KL warm-up and only the reparameterized estimator")
     if objective == "iwae":
         iwae_fn = make_iwae_objective(model, family, num_samples=num_samples)
     else:
-        elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
+        elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl, estimator=estimator)
 
     def loss_fn(params: Params, key: Array, batch: Array, beta: Array):
         def per_datapoint(k, x):
@@ -181,7 +184,7 @@ def make_epoch(step: Callable, batch_size: int) -> Callable:
 def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_rows: int,
                      optimizer: optax.GradientTransformation,
                      local_optimizer: optax.GradientTransformation, *, num_samples: int = 1,
-                     kl: str = "analytic", kl_warmup_steps: int = 0) -> Algorithm:
+                     kl: str = "analytic", kl_warmup_steps: int = 0, estimator: str = "reparam") -> Algorithm:
     """The seeds' non-amortized algorithm: one q_i per training datapoint, |theta| + N |lambda_i|.
 
     Each step takes a minibatch of (row indices i, x_i), updates theta with the gradient of
@@ -189,7 +192,7 @@ def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_
     through a per-row optimizer (rows outside the batch and their optimizer states do not move).
     The table starts at the prior; theta starts where amortized_vi's decoder does for the same key.
     """
-    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
+    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl, estimator=estimator)
     rows_opt = row_optimizer(local_optimizer)
 
     def init(key: Array, x_example: Array) -> TrainState:
@@ -227,7 +230,8 @@ def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_
 def semi_amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder: nn.Module,
                       optimizer: optax.GradientTransformation, *, refine_steps: int,
                       refine_optimizer: optax.GradientTransformation, differentiate: bool = False,
-                      num_samples: int = 1, kl: str = "analytic", kl_warmup_steps: int = 0) -> Algorithm:
+                      num_samples: int = 1, kl: str = "analytic", kl_warmup_steps: int = 0,
+                      estimator: str = "reparam") -> Algorithm:
     """Semi-amortized VI (Kim et al. 2018): lambda_0 = encoder(x), lambda_K = K per-datapoint
     refinement steps from lambda_0 on the ELBO (with theta held fixed inside the refinement).
 
@@ -236,8 +240,8 @@ def semi_amortized_vi(model: LatentVariableModel, family: VariationalFamily, enc
     differentiate=True: the encoder maximises L(x; lambda_K(phi)), backpropagating through the
     K refinement steps. The logged `elbo` is L(x; lambda_K).
     """
-    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl)
-    refine = make_refine(model, family, refine_optimizer, num_samples=num_samples, kl=kl)
+    elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl, estimator=estimator)
+    refine = make_refine(model, family, refine_optimizer, num_samples=num_samples, kl=kl, estimator=estimator)
 
     def objective(params, key, batch, beta):
         theta, theta_fixed = params["decoder"], jax.lax.stop_gradient(params["decoder"])

@@ -19,7 +19,7 @@ from vi_jax import data, networks, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
 from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
-from vi_jax.elbo import KL_FORMS, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import ESTIMATORS, KL_FORMS, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
 from vi_jax.models import LatentVariableModel, decoder_model
 from vi_jax.train import (OBJECTIVES, Algorithm, TrainState, amortized_vi, dynamically_binarized,
@@ -44,6 +44,7 @@ class VAEConfig:
     kernel_init: str = "lecun_normal"
     num_samples: int = 1  # reparameterized draws per datapoint in the training ELBO
     kl: str = "analytic"  # "analytic" (KL form) or "mc" (entropy form)
+    estimator: str = "reparam"  # ELBO gradient estimator: "reparam", "stl" or "score_function"
     objective: str = "elbo"  # training objective: "elbo", or "iwae" (the IWAE bound with K = num_samples)
     batch_size: int = 50
     learning_rate: float = 1e-3  # Adam's constant rate (when stage_epochs is empty)
@@ -89,8 +90,11 @@ class VAEConfig:
                                  f"({sum(self.stage_epochs)})")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown training objective {self.objective!r}; known: {OBJECTIVES}")
-        if self.objective == "iwae" and (self.mode != "amortized" or self.kl_warmup_epochs):
-            raise ValueError("objective=iwae needs mode=amortized and kl_warmup_epochs=0")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown gradient estimator {self.estimator!r}; known: {ESTIMATORS}")
+        if self.objective == "iwae" and (self.mode != "amortized" or self.kl_warmup_epochs
+                                         or self.estimator != "reparam"):
+            raise ValueError("objective=iwae needs mode=amortized, kl_warmup_epochs=0 and estimator=reparam")
         if self.decoder_output_bias not in OUTPUT_BIASES:
             raise ValueError(f"unknown decoder_output_bias {self.decoder_output_bias!r}; known: {OUTPUT_BIASES}")
         if (self.decoder_output_bias == "data_mean" or self.dynamic_binarization) and self.likelihood != "bernoulli":
@@ -150,7 +154,7 @@ def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1, num_tr
     encoder = networks.encoder(config.encoder_hidden, family.num_params, config.activation,
                                config.kernel_init)
     model = decoder_model(decoder, likelihood, config.latent_dim, data_dim)
-    common = dict(num_samples=config.num_samples, kl=config.kl,
+    common = dict(num_samples=config.num_samples, kl=config.kl, estimator=config.estimator,
                   kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch)
     learning_rate = config.learning_rate
     if config.stage_epochs:
