@@ -14,9 +14,11 @@ Modules:
   local          per-datapoint q tables: per-row optimizer state, full-set fits, refinement
   train          amortized / non-amortized / semi-amortized VI as init/step algorithms, fused epochs
   vae            the VAE configuration and its end-to-end training/evaluation
+  cvae           conditional VAE p(x|c): learned prior p(z|c), whitened per-condition model
   vqvae          VQ-VAE: codebook, nearest-code quantization, straight-through gradient, usage
   gap            the gap decomposition (approximation vs amortization) per datapoint
   oracles        exact oracles: linear-Gaussian closed forms, quadrature for 2-D latents
+  mixture_model  Gaussian mixture: exact log p(x) and posterior, categorical q (enumeration, score function)
   checkpoint     orbax checkpoints with config checks; sharding: SPMD over several devices
   data           datasets (digits, binarized MNIST, TFDS) and input validation
   config, io, provenance, plotting   overrides, atomic files, versions/device, figures
