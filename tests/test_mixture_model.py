@@ -82,10 +82,13 @@ def test_estimator_options_are_checked():
         make_mixture_elbo(MODEL, estimator="reinforce")
     with pytest.raises(ValueError, match="num_samples >= 2"):
         make_mixture_elbo(MODEL, estimator="score_function", num_samples=1)
-    with pytest.raises(ValueError, match=r"shape \[N, 2\]"):
-        MODEL.check_data(jnp.zeros((4, 3)))
-    with pytest.raises(ValueError, match="NaN or inf"):
-        MODEL.check_data(jnp.full((4, 2), jnp.nan))
+    fit = make_posterior_fit(MODEL, optax.adam(0.1), 1)
+    with pytest.raises(ValueError, match=r"mixture data must have shape \[N, 2\], got \(4, 3\)"):
+        fit(None, THETA, jnp.zeros((4, 3)), jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"eta_table must have shape \[N, K\] = \(4, 3\), got \(4, 2\)"):
+        fit(None, THETA, jnp.zeros((4, 2)), jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"shape \[N, 2\], got \(1, 3\)"):
+        amortized_mixture_vi(MODEL, networks.encoder((4,), 3), optax.adam(0.1)).init(None, jnp.zeros(3))
 
 
 @pytest.fixture(scope="module")

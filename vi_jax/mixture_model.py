@@ -74,12 +74,10 @@ class GaussianMixture(NamedTuple):
         return x, z
 
     def check_data(self, x) -> None:
-        """ValueError unless x is finite with shape [N, data_dim]."""
+        """ValueError unless x has shape [N, data_dim] (a static check: works under jit)."""
         shape = jnp.shape(x)
         if len(shape) != 2 or shape[1] != self.data_dim:
             raise ValueError(f"mixture data must have shape [N, {self.data_dim}], got {shape}")
-        if not bool(jnp.all(jnp.isfinite(x))):
-            raise ValueError("mixture data contains NaN or inf")
 
 
 def categorical_q(eta: Array) -> distrax.Categorical:
@@ -140,6 +138,10 @@ def make_posterior_fit(model: GaussianMixture, optimizer: optax.GradientTransfor
         return jax.grad(lambda e: -elbo_fn(key, theta, e, x).elbo)(eta)
 
     def fit(key: Array, theta: Params, eta_table: Array, data: Array) -> Array:
+        model.check_data(data)
+        if eta_table.shape != (data.shape[0], model.num_components):
+            raise ValueError(f"eta_table must have shape [N, K] = {(data.shape[0], model.num_components)}, "
+                             f"got {eta_table.shape}")
         rows = jnp.arange(data.shape[0])
 
         def one_step(carry, t):
@@ -166,6 +168,7 @@ def amortized_mixture_vi(model: GaussianMixture, encoder: nn.Module, optimizer: 
     elbo_fn = make_mixture_elbo(model, estimator=estimator, num_samples=num_samples)
 
     def init(key: Array, x_example: Array) -> TrainState:
+        model.check_data(x_example[None])
         key_enc, key_model = jax.random.split(key)
         params = {"encoder": encoder.init(key_enc, x_example), "model": model.init(key_model)}
         return TrainState(params, optimizer.init(params), jnp.array(0, jnp.int32))
@@ -188,6 +191,7 @@ def local_mixture_vi(model: GaussianMixture, num_rows: int, optimizer: optax.Gra
     rows_opt = row_optimizer(local_optimizer)
 
     def init(key: Array, x_example: Array) -> TrainState:
+        model.check_data(x_example[None])
         table = tile_rows(jnp.zeros(model.num_components), num_rows)
         _, key_model = jax.random.split(key)  # the model key of amortized_mixture_vi's init
         params = {"local": table, "model": model.init(key_model)}
