@@ -31,7 +31,7 @@ from vi_jax.distributions import Likelihood, get_likelihood
 from vi_jax.elbo import ElboTerms, IwaeTerms, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.models import LatentVariableModel
-from vi_jax.train import Algorithm, TrainInfo, TrainState, _gradient_step, first_nonfinite, make_epoch
+from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step, first_nonfinite, make_epoch
 from vi_jax.vae import TrainResult
 
 Array = jax.Array
@@ -194,7 +194,7 @@ def conditional_vi(cvae: CVAE, optimizer: optax.GradientTransformation, *, num_s
         loss = -(terms.reconstruction - beta * terms.kl)
         return loss, TrainInfo(loss, terms.elbo, terms.reconstruction, terms.kl, beta)
 
-    return Algorithm(init, _gradient_step(objective, optimizer, 0))
+    return Algorithm(init, gradient_step(objective, optimizer, 0))
 
 
 def generate(key: Array, cvae: CVAE, params: Params, labels) -> Array:

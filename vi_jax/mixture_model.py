@@ -22,7 +22,7 @@ from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import ElboTerms
 from vi_jax.estimators import score_function_surrogate
 from vi_jax.local import row_optimizer, take_rows, tile_rows
-from vi_jax.train import Algorithm, TrainInfo, TrainState, _gradient_step
+from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step
 
 Array = jax.Array
 Params = Any
@@ -178,7 +178,7 @@ def amortized_mixture_vi(model: GaussianMixture, encoder: nn.Module, optimizer: 
         keys = jax.random.split(key, batch.shape[0])
         return _info(jax.vmap(elbo_fn, (0, None, 0, 0))(keys, params["model"], eta, batch))
 
-    return Algorithm(init, _gradient_step(objective, optimizer, 0))
+    return Algorithm(init, gradient_step(objective, optimizer, 0))
 
 
 def local_mixture_vi(model: GaussianMixture, num_rows: int, optimizer: optax.GradientTransformation,

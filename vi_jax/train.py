@@ -66,7 +66,7 @@ def _encoder_decoder_init(model: LatentVariableModel, encoder: nn.Module,
     return init
 
 
-def _gradient_step(objective: Callable, optimizer: optax.GradientTransformation,
+def gradient_step(objective: Callable, optimizer: optax.GradientTransformation,
                    kl_warmup_steps: int) -> Callable:
     """step(key, state, batch): one optimizer step on objective(params, key, batch, beta)."""
 
@@ -118,7 +118,7 @@ def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder:
         return losses, TrainInfo(losses, terms.elbo, terms.reconstruction, terms.kl, beta)
 
     return Algorithm(_encoder_decoder_init(model, encoder, optimizer),
-                     _gradient_step(loss_fn, optimizer, kl_warmup_steps))
+                     gradient_step(loss_fn, optimizer, kl_warmup_steps))
 
 
 def dynamically_binarized(algorithm: Algorithm) -> Algorithm:
@@ -259,7 +259,7 @@ def semi_amortized_vi(model: LatentVariableModel, family: VariationalFamily, enc
         return loss, TrainInfo(loss, terms.elbo, terms.reconstruction, terms.kl, beta)
 
     return Algorithm(_encoder_decoder_init(model, encoder, optimizer),
-                     _gradient_step(objective, optimizer, kl_warmup_steps))
+                     gradient_step(objective, optimizer, kl_warmup_steps))
 
 
 def first_nonfinite(infos: TrainInfo) -> int | None:
