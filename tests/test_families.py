@@ -183,7 +183,7 @@ def test_local_fits_on_a_correlated_posterior():
     assert np.all(np.abs(estimates.mean(axis=1) - exact) <= 4 * se), (estimates.mean(axis=1), exact, se)
 
 
-@pytest.mark.parametrize("name", ["full_gaussian", "iaf"])
+@pytest.mark.parametrize("name", ["full_gaussian", "iaf", "mixture"])
 def test_richer_families_train_amortized(tiny, name):
     """amortized_vi with a one-hidden-layer encoder whose output is the family's flat vector:
     the output layer has family.num_params units, unflatten gives init()'s structure, and a few
