@@ -10,6 +10,7 @@ Modules:
   networks       Flax MLP encoder / decoder
   elbo           per-datapoint ELBO (reparameterized, STL or score-function gradients; stratified
                  over mixture components) and IWAE estimators (vmapped, jitted by callers)
+  ais            log p(x) by annealed importance sampling (HMC transitions) and naive prior Monte Carlo
   estimators     score-function (REINFORCE) surrogate with a leave-one-out baseline
   local          per-datapoint q tables: per-row optimizer state, full-set fits, refinement
   train          amortized / non-amortized / semi-amortized VI as init/step algorithms, fused epochs

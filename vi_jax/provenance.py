@@ -8,7 +8,7 @@ import subprocess
 
 import jax
 
-PACKAGES = ("vi-jax", "jax", "jaxlib", "flax", "optax", "distrax", "chex", "numpy",
+PACKAGES = ("vi-jax", "jax", "jaxlib", "flax", "optax", "distrax", "chex", "blackjax", "numpy",
             "scikit-learn", "tensorflow-datasets", "matplotlib")
 
 
