@@ -213,3 +213,11 @@ def test_vae_trains_with_each_gradient_estimator(digits, estimator):
     assert all(np.isfinite(elbos)) and elbos[-1] > elbos[0], elbos
     with pytest.raises(ValueError, match="unknown gradient estimator"):
         run_small(digits, estimator="reinforce")
+
+
+def test_iwae_objective_refuses_the_mixture_family(tiny):
+    from vi_jax.elbo import make_iwae_objective
+    from vi_jax.families import get_family
+
+    with pytest.raises(ValueError, match="mixture weights"):
+        make_iwae_objective(tiny.model, get_family("mixture", 2), num_samples=5)

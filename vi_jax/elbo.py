@@ -202,6 +202,9 @@ def make_iwae_objective(model: LatentVariableModel, family: VariationalFamily, *
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if family.components is not None:
+        raise ValueError(f"the IWAE objective draws from q itself, which gives the mixture weights of family "
+                         f"{family.name!r} no gradient; train it with the (stratified) ELBO")
     prior = model.prior()
 
     def objective(key: Array, theta: Params, q_params: Params, x: Array) -> tuple[Array, ElboTerms]:
