@@ -1,13 +1,17 @@
 """The gap decomposition on a small trained VAE: exact additivity, ordering, stage bookkeeping."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
+from vi_jax.ais import AisConfig
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
 
 PROTOCOL = GapProtocol(local_fit=LocalFitConfig(learning_rate=1e-2, check_every=20, patience=5, max_steps=2000),
-                       elbo_samples=200, iwae_samples=500, refine_steps=(0, 3))
+                       elbo_samples=200, iwae_samples=500, refine_steps=(0, 3),
+                       ais_proposal="ffg", ais=AisConfig(num_chains=8, num_steps=20))
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +43,37 @@ def test_stages_report_convergence_and_refinement(gaps):
     arrays, info = gaps
     fit = info["local_fits"]["ffg"]
     assert fit["n"] == 40 and 0 <= fit["converged"] <= 40
-    assert set(info["seconds"]) == {"elbo_amortized", "local_fit_ffg", "iwae_ffg", "semi_amortized"}
+    assert set(info["seconds"]) == {"elbo_amortized", "local_fit_ffg", "iwae_ffg", "ais", "semi_amortized"}
     # K = 0 refinement steps is the encoder's own q, and every ELBO uses the same draws
     np.testing.assert_allclose(arrays["elbo_refined_0"], arrays["elbo_amortized"], rtol=1e-6)
+
+
+def test_log_px_is_the_larger_of_iwae_and_ais(gaps):
+    """Per datapoint log p(x) = max(IWAE, AIS) (with the winner's standard error); both estimate
+    the same log p(x) from q*_FFG, so their mean paired difference is within 4 standard errors."""
+    arrays, _ = gaps
+    np.testing.assert_array_equal(arrays["log_px"], np.maximum(arrays["log_px_iwae"], arrays["log_px_ais"]))
+    from_ais = arrays["log_px_ais"] > arrays["log_px_iwae"]
+    np.testing.assert_array_equal(arrays["log_px_stderr"], np.where(from_ais, arrays["log_px_ais_stderr"],
+                                                                    arrays["log_px_iwae_stderr"]))
+    difference = summarize({"d": arrays["log_px_ais"] - arrays["log_px_iwae"]})["d"]
+    assert abs(difference["mean"]) <= 4 * difference["stderr"], difference
+    assert np.all((arrays["ais_acceptance_rate"] > 0.3) & (arrays["ais_acceptance_rate"] <= 1.0))
+
+
+def test_unknown_ais_proposal_is_named(trained):
+    vae, params, x = trained
+    protocol = dataclasses.replace(PROTOCOL, ais_proposal="flow")
+    with pytest.raises(ValueError, match="unknown ais_proposal 'flow'"):
+        evaluate_gaps(jax.random.PRNGKey(0), vae.model, params["decoder"], vae.family,
+                      vae.encode(params["encoder"], x), {"ffg": vae.family}, x, protocol)
 
 
 @pytest.mark.parametrize("changes,match", [
     pytest.param({"local_init": "random"}, "unknown local_init 'random'", id="local-init"),
     pytest.param({"refine_steps": ()}, "refine_steps must be a non-empty tuple", id="no-refine-steps"),
+    pytest.param({"ais_proposal": "prior", "ais": AisConfig(num_steps=0)}, "num_steps", id="ais-steps"),
 ])
 def test_bad_protocol_is_named(changes, match):
-    import dataclasses
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(GapProtocol(), **changes).validate()

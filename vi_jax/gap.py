@@ -5,7 +5,8 @@
     amortization gap   = L[q*]    - L[q_phi]
 
 log p(x) is estimated by IWAE_K with the fitted q* as proposal (the larger estimate over the
-fitted families, per datapoint, as in the reference protocol). Every mean comes with the
+fitted families, per datapoint, as in the reference protocol) and optionally by AIS
+(vi_jax.ais; the larger of the IWAE and AIS estimates, per datapoint). Every mean comes with the
 standard error over datapoints of the per-datapoint values (gaps: of the paired differences),
 so inference = approximation + amortization holds exactly, datapoint by datapoint.
 """
@@ -20,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vi_jax.ais import AisConfig, make_ais
 from vi_jax.elbo import make_elbo, make_iwae, map_datapoints
-from vi_jax.families import VariationalFamily
+from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import LocalFitConfig, make_local_fit, make_refine, tile_rows
 from vi_jax.models import LatentVariableModel
 from vi_jax.vae import mean_and_stderr
@@ -44,8 +46,14 @@ class GapProtocol:
     batch_size: int = 100  # datapoints vmapped at once in evaluation
     refine_steps: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 50)  # semi-amortized curve
     refine_learning_rate: float = 1e-2  # Adam, per datapoint, from the encoder's output
+    # AIS estimate of log p(x) next to IWAE: "" (off), or its proposal: "prior", "encoder" or the
+    # name of a fitted local family (its q*)
+    ais_proposal: str = ""
+    ais: AisConfig = AisConfig()
 
     def validate(self) -> None:
+        if self.ais_proposal:
+            self.ais.validate()
         if self.local_init not in LOCAL_INITS:
             raise ValueError(f"unknown local_init {self.local_init!r}; known: {LOCAL_INITS}")
         if min(self.elbo_samples, self.iwae_samples, self.iwae_chunk_size, self.batch_size) < 1:
@@ -67,17 +75,27 @@ def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
     fits must start from the prior.
     local_families: name -> family fitted per datapoint (e.g. {"ffg": ..., "flow": ...}).
     Returns (arrays, info): arrays of shape [N] named elbo_amortized, elbo_local_<name>,
-    iwae_<name> and iwae_stderr_<name> (log p(x) with q*_<name>), log_px, log_px_stderr,
-    inference_gap, approximation_gap_<name>, amortization_gap_<name>, elbo_refined_<k>;
-    info: wall seconds per stage, converged counts and steps of each local fit.
+    iwae_<name> and iwae_stderr_<name> (log p(x) with q*_<name>), log_px_iwae and
+    log_px_iwae_stderr (the largest IWAE estimate), with protocol.ais_proposal also log_px_ais,
+    log_px_ais_stderr, ais_acceptance_rate and ais_step_size; log_px and log_px_stderr (the
+    larger estimate), inference_gap, approximation_gap_<name>, amortization_gap_<name>,
+    elbo_refined_<k>; info: wall seconds per stage, converged counts and steps of each local fit.
     """
     protocol.validate()
     data = jnp.asarray(data)
     n = data.shape[0]
     log = log or (lambda message: None)
+    ais_proposals = ("prior", "encoder", *local_families)
+    if protocol.ais_proposal and protocol.ais_proposal not in ais_proposals:
+        raise ValueError(f"unknown ais_proposal {protocol.ais_proposal!r}; known: {ais_proposals}")
+    if protocol.ais_proposal == "encoder" and amortized_table is None:
+        raise ValueError("ais_proposal='encoder' needs an amortized_table")
     # every reported ELBO uses the same draws (common random numbers: the paired gaps have
     # less Monte-Carlo noise; each ELBO estimate stays unbiased)
     keys = dict(zip(("elbo", "local", "iwae", "refine"), jax.random.split(key, 4)))
+    keys["ais"] = jax.random.fold_in(key, 4)  # apart from the split, so the other draws stay as they were
+    prior = diagonal_gaussian(model.latent_dim)
+    proposals = {"prior": (prior, tile_rows(prior.init(), n)), "encoder": (amortized_family, amortized_table)}
     arrays, seconds, fits = {}, {}, {}
 
     elbo_jits = {}
@@ -121,12 +139,28 @@ def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
         arrays[f"iwae_{name}"] = np.asarray(iwae.bound)
         arrays[f"iwae_stderr_{name}"] = np.asarray(iwae.stderr)
         seconds[f"iwae_{name}"] = time.perf_counter() - start
+        proposals[name] = (family, result.params)
 
     names = list(local_families)
     estimates = np.stack([arrays[f"iwae_{name}"] for name in names])
     best = np.argmax(estimates, axis=0)
-    arrays["log_px"] = estimates[best, np.arange(n)]
-    arrays["log_px_stderr"] = np.stack([arrays[f"iwae_stderr_{name}"] for name in names])[best, np.arange(n)]
+    arrays["log_px_iwae"] = estimates[best, np.arange(n)]
+    arrays["log_px_iwae_stderr"] = np.stack([arrays[f"iwae_stderr_{name}"] for name in names])[best, np.arange(n)]
+    arrays["log_px"], arrays["log_px_stderr"] = arrays["log_px_iwae"], arrays["log_px_iwae_stderr"]
+    if protocol.ais_proposal:
+        log(f"AIS from {protocol.ais_proposal}: {protocol.ais.num_chains} chains, {protocol.ais.num_steps} steps")
+        start = time.perf_counter()
+        family, table = proposals[protocol.ais_proposal]
+        ais_fn = make_ais(model, family, protocol.ais)
+        ais = jax.jit(lambda k, th, t, x: map_datapoints(ais_fn, k, th, t, x, protocol.batch_size))(
+            keys["ais"], theta, table, data)
+        arrays["log_px_ais"], arrays["log_px_ais_stderr"] = np.asarray(ais.log_px), np.asarray(ais.stderr)
+        arrays["ais_acceptance_rate"], arrays["ais_step_size"] = (np.asarray(ais.acceptance_rate),
+                                                                  np.asarray(ais.step_size))
+        seconds["ais"] = time.perf_counter() - start
+        use_ais = arrays["log_px_ais"] > arrays["log_px_iwae"]
+        arrays["log_px"] = np.where(use_ais, arrays["log_px_ais"], arrays["log_px_iwae"])
+        arrays["log_px_stderr"] = np.where(use_ais, arrays["log_px_ais_stderr"], arrays["log_px_iwae_stderr"])
     for name in names:
         arrays[f"approximation_gap_{name}"] = arrays["log_px"] - arrays[f"elbo_local_{name}"]
     if amortized_table is None:
