@@ -1,7 +1,7 @@
 """Estimating log p(x) as the latent dimension grows: naive prior Monte Carlo, IWAE with q*, AIS.
 
-    python -m experiments.marginal_likelihood --workdir runs/marginal_likelihood           # ~2 min on 2 CPU cores
-    python -m experiments.marginal_likelihood --workdir runs/marginal_likelihood --quick   # smoke run
+    python -m experiments.marginal_likelihood --workdir runs/marginal_likelihood           # ~3 min on 2 CPU cores
+    python -m experiments.marginal_likelihood --workdir runs/marginal_likelihood --quick   # smoke run, ~1 min
 
 On linear-Gaussian oracles p(z) = N(0, I_d), p(x|z) = N(W z + b, diag(psi)) with exact log p(x)
 (vi_jax.oracles), for d in latent_dims, each estimator spends the same number E of evaluations
@@ -27,6 +27,16 @@ marginal_likelihood.json (seed, config, environment, wall seconds, the table),
 marginal_likelihood.md, error_vs_dim.png (mean |error| against d, log scale) and
 marginal_likelihood.npz (per d: the model's W, b, log_psi, the data x, every per-datapoint exact
 value and estimate).
+
+Expected with the defaults (seed 0, CPU; E = 43800), mean error in nats (± its standard error):
+  d    naive              IWAE with q*     AIS from prior    AIS from q*
+  2    +0.010 ± 0.006     -0.000 ± 0.000   +0.002 ± 0.026    +0.000 ± 0.000
+  10   -2.503 ± 0.541     -0.000 ± 0.000   -0.008 ± 0.101    +0.004 ± 0.003
+  20   -31.79 ± 3.45      -0.000 ± 0.000   -0.191 ± 0.177    +0.004 ± 0.006
+  50   -185.5 ± 10.2      -0.001 ± 0.001   -2.382 ± 0.336    -0.002 ± 0.004
+The naive estimator collapses with d; AIS from the prior degrades slowly (T = 200 steps cover
+~1.3 d nats of KL); q*_FFG is nearly the posterior on these models, so importance sampling with
+it is all but exact and AIS from it keeps that accuracy.
 """
 from __future__ import annotations
 
@@ -163,7 +173,8 @@ def markdown(result: dict) -> str:
         cells = [f"{r['methods'][m]['mean_error']:+.3f} ± {r['methods'][m]['stderr_of_mean_error']:.3f}"
                  for m in METHODS]
         lines.append(f"| {d} | {r['exact_mean']:.2f} | " + " | ".join(cells) + f" | {r['chi2_q_star_mean']:.3g} |")
-    lines += ["", "AIS diagnostics (mean acceptance rate, final step size) and seconds (compile + run):", "",
+    lines += ["", "AIS diagnostics (mean acceptance rate, final step size) and seconds (compile + run; AIS from "
+              "q* reuses the program compiled for AIS from the prior):", "",
               "| d | AIS prior | AIS q* | " + " | ".join(METHODS) + " |", "| ---: | --- | --- |" + " ---: |" * len(METHODS)]
     for d, r in result["dims"].items():
         diag = [f"{r['methods'][m]['acceptance_rate']:.2f}, {r['methods'][m]['final_step_size']:.3f}"
