@@ -31,7 +31,7 @@ import numpy as np
 from blackjax.mcmc import hmc
 
 from vi_jax.distributions import sample_and_log_prob
-from vi_jax.elbo import IwaeTerms, make_iwae, map_datapoints
+from vi_jax.elbo import IwaeTerms, log_mean_weight_stderr, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import tile_rows
 from vi_jax.models import LatentVariableModel
@@ -123,13 +123,10 @@ def hmc_step(key: Array, state: hmc.HMCState, log_density: Callable[[Array], Arr
 
 
 def _log_mean_exp_and_stderr(log_w: Array) -> tuple[Array, Array]:
-    """log (1/C) sum_c w_c and its delta-method standard error sqrt(Var(w) / C) / mean(w)."""
+    """log (1/C) sum_c w_c and its delta-method standard error (as make_iwae's)."""
     c = log_w.shape[0]
     lse = jax.nn.logsumexp(log_w)
-    if c == 1:
-        return lse, jnp.array(jnp.inf)
-    relative_var = jnp.maximum(jnp.expm1(jax.nn.logsumexp(2.0 * log_w) + math.log(c) - 2.0 * lse), 0.0)
-    return lse - math.log(c), jnp.sqrt(relative_var / (c - 1))
+    return lse - math.log(c), log_mean_weight_stderr(lse, jax.nn.logsumexp(2.0 * log_w), c)
 
 
 def make_ais(model: LatentVariableModel, family: VariationalFamily,

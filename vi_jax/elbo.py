@@ -160,15 +160,20 @@ def make_iwae(model: LatentVariableModel, family: VariationalFamily, *, num_samp
 
         init = (jnp.array(-jnp.inf), jnp.array(-jnp.inf))
         (lse_w, lse_w2), _ = jax.lax.scan(add_chunk, init, jnp.arange(num_chunks))
-        bound = lse_w - log_k
-        if num_samples == 1:
-            return IwaeTerms(bound, jnp.array(jnp.inf))
-        # mean(w^2) / mean(w)^2 - 1 = exp(lse_w2 + log K - 2 lse_w) - 1
-        relative_var = jnp.maximum(jnp.expm1(lse_w2 + log_k - 2.0 * lse_w), 0.0)
-        sample_var = relative_var * num_samples / (num_samples - 1)
-        return IwaeTerms(bound, jnp.sqrt(sample_var / num_samples))
+        return IwaeTerms(lse_w - log_k, log_mean_weight_stderr(lse_w, lse_w2, num_samples))
 
     return iwae
+
+
+def log_mean_weight_stderr(lse_w: Array, lse_w2: Array, num_weights: int) -> Array:
+    """Delta-method standard error of log (1/K) sum_k w_k: sqrt(s^2 / K) / mean(w), s^2 the
+    sample variance of the K weights, from lse_w = logsumexp(log w) and lse_w2 =
+    logsumexp(2 log w); inf for K = 1. Uses mean(w^2) / mean(w)^2 - 1 = exp(lse_w2 + log K -
+    2 lse_w) - 1, so s^2 / mean(w)^2 = that * K / (K - 1)."""
+    if num_weights == 1:
+        return jnp.array(jnp.inf)
+    relative_var = jnp.maximum(jnp.expm1(lse_w2 + math.log(num_weights) - 2.0 * lse_w), 0.0)
+    return jnp.sqrt(relative_var / (num_weights - 1))
 
 
 def map_datapoints(fn: Callable, key: Array, theta: Params, q_params: Params, data: Array,
