@@ -24,3 +24,62 @@ def image_grid(images: np.ndarray, image_shape: tuple[int, int], num_cols: int, 
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def manifold(images: np.ndarray, image_shape: tuple[int, int], z_values: np.ndarray, title: str = ""):
+    """One canvas tiling n x n images [n*n, H*W] (row-major, as vi_jax.visualize.manifold_latents
+    orders them), the axes marked by each coordinate's increasing z values [n]
+    (vi_jax.visualize.grid_quantiles; z_1 rightwards, z_2 upwards)."""
+    images = np.asarray(images)
+    n = len(z_values)
+    if len(images) != n * n:
+        raise ValueError(f"{len(images)} images do not fill a {n} x {n} grid")
+    height, width = image_shape
+    canvas = images.reshape(n, n, height, width).transpose(0, 2, 1, 3).reshape(n * height, n * width)
+    fig, ax = plt.subplots(figsize=(0.6 * n + 1, 0.6 * n + 1))
+    ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0)
+    centres_x = width * (np.arange(n) + 0.5)
+    centres_y = height * (np.arange(n) + 0.5)
+    labels = [f"{v:.1f}" for v in np.asarray(z_values)]
+    ax.set_xticks(centres_x, labels, fontsize=7)
+    ax.set_yticks(centres_y, labels[::-1], fontsize=7)
+    ax.set_xlabel("z_1")
+    ax.set_ylabel("z_2")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def training_curves(curves: dict, title: str = ""):
+    """Lines of {name: (epochs, values)} (e.g. vi_jax.visualize.history_curves): the per-epoch
+    curves as lines, the sparser (evaluation) curves with markers."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    longest = max((len(epochs) for epochs, _ in curves.values()), default=0)
+    for name, (epochs, values) in curves.items():
+        ax.plot(epochs, values, marker=None if len(epochs) == longest else "o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def gap_curves(epochs, splits: dict, names: dict, title: str = ""):
+    """One panel per split: each gap's mean against epoch with +-2 standard-error bars.
+
+    splits: {split: {quantity: {"mean": [E], "stderr": [E]}}}; names: {quantity: legend label}."""
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4), squeeze=False, sharey=True)
+    for ax, (split, quantities) in zip(axes[0], splits.items()):
+        for quantity, label in names.items():
+            values = quantities[quantity]
+            ax.errorbar(epochs, values["mean"], yerr=2 * np.asarray(values["stderr"]), marker="o",
+                        capsize=2, label=label)
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_xlabel("epoch")
+        ax.set_title(split)
+    axes[0, 0].set_ylabel("nats per datapoint (± 2 s.e.)")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
