@@ -5,7 +5,9 @@
 
 Writes into --workdir: metrics.json (test_elbo, test_iwae with its K, train_elbo, each as
 {"mean", "stderr"} over datapoints; seed, config, environment, history, wall times),
-reconstructions.png, prior_samples.png and params.msgpack (flax serialization of
+reconstructions.png, prior_samples.png, interpolation.png, elbo_curve.png (train ELBO per
+epoch, held-out ELBO and IWAE at the evaluations), manifold.png (latent_dim == 2 only) and
+params.msgpack (flax serialization of
 {"encoder", "decoder"}). Every file is written atomically, metrics.json last.
 Expected with the defaults (seed 0, CPU): test ELBO -17.96 +- 0.25, test IWAE_5000 -16.16 +- 0.22
 nats, in about 20 s on 2 CPU cores.
@@ -22,26 +24,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance
+from vi_jax import data, io, plotting, provenance, visualize
 from vi_jax.config import apply_overrides
 from vi_jax.vae import (VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr,
                         train_vae)
 
+INTERPOLATION_STEPS = 10
+MANIFOLD_SIDE = 15
 
-def save_pictures(vae, params, test: np.ndarray, image_shape, key, workdir: str) -> None:
-    """Reconstructions (first 16 test images over E[x | z = mean of q_phi(z|x)]) and prior samples."""
+
+def save_pictures(vae, params, test: np.ndarray, image_shape, key, history: list, workdir: str) -> None:
+    """reconstructions.png (the first 16 test images over E[x | z = encoder mean]),
+    prior_samples.png (E[x | z], z ~ p(z)), interpolation.png (E[x | z] along the line between
+    the encoder means of test images 0-1, 2-3, 4-5, 6-7), elbo_curve.png (the training history)
+    and, for a 2-D latent, manifold.png (E[x | z] on a grid of prior quantiles)."""
+    def save(fig, name):
+        io.atomic_save_figure(fig, os.path.join(workdir, name))
+        plotting.close(fig)
+
     originals = test[:16]
-    q = vae.encode(params["encoder"], jnp.asarray(originals))
-    recon = jax.vmap(vae.model.mean, in_axes=(None, 0))(params["decoder"], q["mean"])
-    fig = plotting.image_grid(np.concatenate([originals, np.asarray(recon)]), image_shape, 16,
-                              "test images (top) and reconstructions (bottom)")
-    io.atomic_save_figure(fig, os.path.join(workdir, "reconstructions.png"))
-    plotting.close(fig)
-    z = jax.random.normal(key, (32, vae.model.latent_dim))
-    samples = jax.vmap(vae.model.mean, in_axes=(None, 0))(params["decoder"], z)
-    fig = plotting.image_grid(np.asarray(samples), image_shape, 16, "E[x | z], z ~ p(z)")
-    io.atomic_save_figure(fig, os.path.join(workdir, "prior_samples.png"))
-    plotting.close(fig)
+    recon = visualize.reconstructions(vae, params, originals)
+    save(plotting.image_grid(np.concatenate([originals, np.asarray(recon)]), image_shape, 16,
+                             "test images (top) and reconstructions (bottom)"), "reconstructions.png")
+    samples = visualize.prior_samples(key, vae.model, params["decoder"], 32)
+    save(plotting.image_grid(np.asarray(samples), image_shape, 16, "E[x | z], z ~ p(z)"), "prior_samples.png")
+    paths = [visualize.interpolate(vae, params, test[i], test[i + 1], INTERPOLATION_STEPS) for i in range(0, 8, 2)]
+    save(plotting.image_grid(np.concatenate(paths), image_shape, INTERPOLATION_STEPS,
+                             "E[x | z] on the line between two test images' encoder means"), "interpolation.png")
+    save(plotting.training_curves(visualize.history_curves(history), "training history"), "elbo_curve.png")
+    if vae.model.latent_dim == 2:
+        images = visualize.manifold(vae.model, params["decoder"], MANIFOLD_SIDE)
+        save(plotting.manifold(np.asarray(images), image_shape, np.asarray(visualize.grid_quantiles(MANIFOLD_SIDE)),
+                               "E[x | z], z = Phi^-1(u) on a uniform grid of u"), "manifold.png")
 
 
 def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True,
@@ -83,7 +97,7 @@ def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progres
         "history": result.history,
     }
     os.makedirs(workdir, exist_ok=True)
-    save_pictures(vae, params, test, dataset.image_shape, keys[3], workdir)
+    save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
     io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
