@@ -22,6 +22,8 @@ Modules:
   mixture_model  Gaussian mixture: exact log p(x) and posterior, categorical q (enumeration, score function)
   checkpoint     orbax checkpoints with config checks; sharding: SPMD over several devices
   data           datasets (digits, binarized MNIST, TFDS) and input validation
+  visualize      what pictures show: prior samples, reconstructions, latent interpolations, the 2-D
+                 manifold on prior quantiles, training curves (drawn by plotting)
   config, io, provenance, plotting   overrides, atomic files, versions/device, figures
 """
 
