@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import gap_over_training
+from vi_jax.config import apply_overrides
 from vi_jax.vae import build_vae, load_training_data, train_vae
 
 
@@ -28,7 +29,7 @@ def test_gap_over_training_quick_end_to_end(tmp_path):
         total = np.add(r["approximation_gap_ffg"]["mean"], r["amortization_gap_ffg"]["mean"])
         np.testing.assert_allclose(r["inference_gap"]["mean"], total, atol=1e-5)
     # training in segments through checkpoints is the uninterrupted run: same per-epoch ELBOs
-    config = gap_over_training.apply_overrides(gap_over_training.GapOverTrainingConfig(), gap_over_training.QUICK)
+    config = apply_overrides(gap_over_training.GapOverTrainingConfig(), gap_over_training.QUICK)
     dataset, train, _ = load_training_data(config.vae)
     vae = build_vae(config.vae, dataset.dim, steps_per_epoch=len(train) // config.vae.batch_size)
     history = train_vae(vae, config.vae, train, progress=False).history
