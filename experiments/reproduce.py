@@ -14,8 +14,8 @@ training and test points (into WORKDIR/gap).
 
 Writes into --workdir (atomically, metrics.json last): metrics.json (test_log_px, test_elbo,
 train_elbo as {"mean", "stderr"}; the published figure and our difference; the schedule run;
-seed, config, environment, wall seconds, history), reproduce.md, validation_curve.png,
-reconstructions.png, prior_samples.png, params.msgpack (so that experiments.gap --checkpoint
+seed, config, environment, wall seconds, history), reproduce.md, elbo_curve.png (training and
+validation curves), the pictures of experiments.train_vae, params.msgpack (so that experiments.gap --checkpoint
 WORKDIR can evaluate the model again).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.train_vae import save_pictures
-from vi_jax import io, plotting, provenance
+from vi_jax import io, provenance
 from vi_jax.config import apply_overrides
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
 from vi_jax.vae import build_vae, load_training_data, make_evaluator, mean_and_stderr, train_vae
@@ -83,28 +83,6 @@ def markdown(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def validation_figure(history: list, workdir: str) -> None:
-    evals = [r for r in history if "eval_elbo" in r]
-    if not evals:
-        return
-    plt = plotting.plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_elbo"] for r in history], lw=1, label="train ELBO (epoch mean)")
-    iwae_key = next(k for k in evals[0] if k.startswith("eval_iwae_"))
-    ax.plot([r["epoch"] for r in evals], [r["eval_elbo"] for r in evals], marker="o", ms=3, label="validation ELBO")
-    ax.plot([r["epoch"] for r in evals], [r[iwae_key] for r in evals], marker="o", ms=3,
-            label=f"validation IWAE_{iwae_key.rsplit('_', 1)[1]}")
-    ax.set_xscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("nats")
-    lows = [r["eval_elbo"] for r in evals]
-    ax.set_ylim(min(lows) - 2, max(r[iwae_key] for r in evals) + 2)
-    ax.legend()
-    io.atomic_save_figure(fig, os.path.join(workdir, "validation_curve.png"))
-    plotting.close(fig)
-
-
 def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, overrides=(),
         data_dir: str | None = None, resume: bool = False, progress: bool = True) -> dict:
     preset = get_preset(preset_name)
@@ -152,8 +130,7 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
         "history": result.history,
     }
     os.makedirs(workdir, exist_ok=True)
-    save_pictures(vae, params, test, dataset.image_shape, keys[3], workdir)
-    validation_figure(result.history, workdir)
+    save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
     io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     if preset.gap_protocol:
