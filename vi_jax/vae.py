@@ -99,6 +99,8 @@ class VAEConfig:
             raise ValueError(f"unknown decoder_output_bias {self.decoder_output_bias!r}; known: {OUTPUT_BIASES}")
         if (self.decoder_output_bias == "data_mean" or self.dynamic_binarization) and self.likelihood != "bernoulli":
             raise ValueError("decoder_output_bias=data_mean and dynamic_binarization need likelihood=bernoulli")
+        if self.dynamic_binarization and self.mode == "non_amortized":
+            raise ValueError("dynamic_binarization binarizes x batches; non_amortized batches are (rows, x)")
         if min(self.eval_every, self.kl_warmup_epochs, self.refine_steps, self.checkpoint_every,
                self.grad_clip_norm) < 0:
             raise ValueError("eval_every, kl_warmup_epochs, refine_steps, checkpoint_every and "
