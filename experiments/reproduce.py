@@ -23,17 +23,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import time
 
-import flax.serialization
-import jax
 import jax.numpy as jnp
 
-from experiments.train_vae import save_pictures
-from vi_jax import io, provenance
+from experiments.train_vae import evaluate_and_save
+from vi_jax import io
 from vi_jax.config import apply_overrides
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
-from vi_jax.vae import build_vae, load_training_data, make_evaluator, mean_and_stderr, train_vae
+from vi_jax.vae import build_vae, load_training_data, train_vae
 
 EVALUATIONS_PER_RUN = 40  # validation points on the curve (eval_every = num_epochs / this)
 
@@ -100,39 +97,19 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
         f"{config.batch_size} on {len(train)} points ({len(train) // config.batch_size} steps per epoch)")
     result = train_vae(vae, config, train, valid, progress=progress,
                        checkpoint_dir=os.path.join(workdir, "checkpoints"), resume=resume)
-    params = result.state.params
-
-    start = time.perf_counter()
-    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 3), 4)
-    evaluator = make_evaluator(vae, config, config.final_iwae_samples)
     log(f"evaluating test log p(x) with IWAE K={config.final_iwae_samples} on {len(test)} points")
-    test_iwae = evaluator.iwae(keys[2], params, jnp.asarray(test))
-    test_elbo = evaluator.elbo(keys[0], params, jnp.asarray(test))
-    train_elbo = evaluator.elbo(keys[1], params, jnp.asarray(train))
-    jax.block_until_ready((test_iwae, test_elbo, train_elbo))  # dispatch is asynchronous: time the work, not the call
-    eval_seconds = time.perf_counter() - start
-
-    test_log_px = {**mean_and_stderr(test_iwae.bound), "k": config.final_iwae_samples}
+    metrics = evaluate_and_save(vae, config, dataset, train, test, result, workdir)
+    test_log_px = {name: metrics["test_iwae"][name] for name in ("mean", "stderr", "k")}
     published = preset.published.get("test_log_px")
-    metrics = {
+    metrics.update({
         "preset": {"name": preset.name, "source": preset.source, "published": preset.published},
         "test_log_px": test_log_px,
         "difference_to_published": None if published is None else test_log_px["mean"] - published,
-        "test_elbo": mean_and_stderr(test_elbo),
-        "train_elbo": mean_and_stderr(train_elbo),
         "schedule": {"epochs_scale": options.epochs_scale, "num_epochs": config.num_epochs,
                      "stage_epochs": list(config.stage_epochs),
                      "stage_learning_rates": list(config.stage_learning_rates)},
         "run_options": dataclasses.asdict(options),
-        "data_dim": int(dataset.dim), "n_train": int(len(train)), "n_test": int(len(test)),
-        "seed": config.seed, "config": dataclasses.asdict(config),
-        "environment": provenance.environment(),
-        "wall_seconds": {"train": round(result.seconds, 2), "evaluate": round(eval_seconds, 2)},
-        "history": result.history,
-    }
-    os.makedirs(workdir, exist_ok=True)
-    save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
-    io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
+    })
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     if preset.gap_protocol:
         metrics["gap"] = run_gap(workdir, options, data_dir, progress)

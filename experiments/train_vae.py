@@ -71,8 +71,17 @@ def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progres
     vae = build_vae(config, dataset.dim, steps_per_epoch=len(train) // config.batch_size, num_train=len(train))
     checkpoint_dir = os.path.join(workdir, "checkpoints") if config.checkpoint_every or resume else None
     result = train_vae(vae, config, train, test, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
-    params = result.state.params
+    metrics = evaluate_and_save(vae, config, dataset, train, test, result, workdir)
+    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    return metrics
 
+
+def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: np.ndarray, result,
+                      workdir: str) -> dict:
+    """Evaluate a trained VAE (test ELBO and IWAE_K with K = config.final_iwae_samples, train
+    ELBO; keys from fold_in(seed, 3)), write its pictures and params.msgpack into workdir, and
+    return the metrics dict (the caller writes metrics.json last, after adding its own fields)."""
+    params = result.state.params
     start = time.perf_counter()
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
     keys = jax.random.split(eval_key, 4)
@@ -100,7 +109,6 @@ def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progres
     os.makedirs(workdir, exist_ok=True)
     save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
     io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
-    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 
