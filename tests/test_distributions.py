@@ -1,4 +1,5 @@
 """Observation models against independent formulas (scipy), and the sampling helper."""
+import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,17 @@ def test_bernoulli_log_prob_is_minus_binary_cross_entropy():
     expected = np.sum(x * np.log(p) + (1 - x) * np.log1p(-p))
     np.testing.assert_allclose(BERNOULLI.distribution(logits).log_prob(x), expected, rtol=1e-6)
     np.testing.assert_allclose(BERNOULLI.mean(logits), p, rtol=1e-6)
+
+
+def test_bernoulli_log_prob_and_gradient_match_distrax():
+    """Our single-softplus form against distrax's two-softplus form, for binary and grey x and
+    logits out to +-80 (where a naive log(sigmoid) would overflow to -inf)."""
+    logits = jnp.array([-80.0, -7.0, -0.5, 0.0, 0.3, 4.0, 80.0])
+    for x in (jnp.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]), jnp.linspace(0.0, 1.0, 7)):
+        ours = lambda l: BERNOULLI.distribution(l).log_prob(x)
+        reference = lambda l: distrax.Independent(distrax.Bernoulli(logits=l), 1).log_prob(x)
+        np.testing.assert_allclose(ours(logits), reference(logits), rtol=1e-6)
+        np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(reference)(logits), rtol=1e-6, atol=1e-7)
 
 
 def test_gaussian_log_prob_matches_scipy():

@@ -42,9 +42,21 @@ class Likelihood(NamedTuple):
     mean: Callable[[Array], Array]
 
 
+class _BernoulliLogits(distrax.Bernoulli):
+    """distrax's Bernoulli with a cheaper log-density: log p(x) = x l - softplus(l).
+
+    distrax evaluates (1 - x) log sigmoid(-l) + x log sigmoid(l): two softplus and two
+    multiply_no_nan per pixel. Both are equal for every x in [0, 1] (softplus(l) - softplus(-l)
+    = l), and this one costs a single softplus. In a 784-pixel decoder that elementwise work
+    rivals the last layer's GEMM (experiments.benchmark measures the difference)."""
+
+    def log_prob(self, value: Array) -> Array:
+        return value * self.logits - jax.nn.softplus(self.logits)
+
+
 def _bernoulli(logits: Array) -> distrax.Distribution:
     """p(x|z) = prod_j Bernoulli(x_j; sigmoid(logit_j)); log p is minus binary cross-entropy."""
-    return distrax.Independent(distrax.Bernoulli(logits=logits), 1)
+    return distrax.Independent(_BernoulliLogits(logits=logits), 1)
 
 
 BERNOULLI = Likelihood(
