@@ -61,6 +61,13 @@ def preset_config(name: str, options: RunOptions, overrides=()):
     return config
 
 
+def timed_part(metrics: dict) -> str:
+    """' (epochs e-N only)' when the training time misses segments run before checkpoints
+    recorded their time, else ''."""
+    first = metrics["wall_seconds"].get("train_timed_from_epoch", 1)
+    return f" (epochs {first}-{metrics['schedule']['num_epochs']} only)" if first > 1 else ""
+
+
 def markdown(metrics: dict) -> str:
     p = metrics["preset"]
     ours = metrics["test_log_px"]
@@ -75,8 +82,8 @@ def markdown(metrics: dict) -> str:
              f"Schedule run: {metrics['schedule']['num_epochs']} epochs (epochs scale "
              f"{metrics['schedule']['epochs_scale']}), stages {metrics['schedule']['stage_epochs']}; "
              f"{metrics['n_train']} training / {metrics['n_test']} test points; wall "
-             f"{metrics['wall_seconds']['train'] / 3600:.2f} h training + {metrics['wall_seconds']['evaluate']:.0f} s "
-             f"evaluation on {metrics['environment']['devices']}."]
+             f"{metrics['wall_seconds']['train'] / 3600:.2f} h training{timed_part(metrics)} + "
+             f"{metrics['wall_seconds']['evaluate']:.0f} s evaluation on {metrics['environment']['devices']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -103,7 +103,8 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
         "seed": config.seed,
         "config": dataclasses.asdict(config),
         "environment": provenance.environment(),
-        "wall_seconds": {"train": round(result.seconds, 2), "evaluate": round(eval_seconds, 2)},
+        "wall_seconds": {"train": round(result.seconds, 2), "train_timed_from_epoch": result.timed_from_epoch,
+                         "evaluate": round(eval_seconds, 2)},
         "history": result.history,
     }
     os.makedirs(workdir, exist_ok=True)

@@ -97,10 +97,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()
+    last = max(int(d) for d in os.listdir(killed / "checkpoints") if d.isdigit())
+    with open(killed / "checkpoints" / str(last) / "metadata" / "metadata") as f:
+        killed_seconds = json.load(f)["train_seconds"]
     train_vae.main(["--workdir", str(killed), "--resume"] + TINY + epochs)
     resumed = read_metrics(killed)
     for name in NUMBERS:
         assert resumed[name] == full[name], name
+    # the training time adds the killed segment's (recorded in its checkpoint) to the resumed one's
+    assert killed_seconds > 0 and resumed["wall_seconds"]["train"] > killed_seconds
+    assert resumed["wall_seconds"]["train_timed_from_epoch"] == 1
 
 
 def test_checkpoint_errors_are_clear(tmp_path):

@@ -236,7 +236,8 @@ def pixel_mean_logits(x: Array) -> Array:
 class TrainResult(NamedTuple):
     state: TrainState
     history: list  # one dict per epoch (train ELBO) and per evaluation (held-out numbers)
-    seconds: float
+    seconds: float  # training wall time of epochs timed_from_epoch..num_epochs, over all segments
+    timed_from_epoch: int = 1  # > 1 only when resumed from a checkpoint that recorded no time
 
 
 def _place_on_mesh(vae: VAE, state: TrainState, data, mesh):
@@ -278,13 +279,17 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     epoch_fn = make_epoch(step, config.batch_size)
     has_encoder = vae.encoder is not None
     evaluator = make_evaluator(vae, config, config.eval_iwae_samples) if eval_data is not None and has_encoder else None
-    history, first_epoch = [], 1
+    history, first_epoch, earlier_seconds, timed_from_epoch = [], 1, 0.0, 1
     checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
     if checkpointer is not None:
         if resume:
             last, state, metadata = checkpointer.restore(state, dataclasses.asdict(config),
                                                           defaults=dataclasses.asdict(VAEConfig()))
             history, first_epoch = metadata["history"], last + 1
+            if "train_seconds" in metadata:
+                earlier_seconds = metadata["train_seconds"]
+            else:  # written before checkpoints recorded their time
+                earlier_seconds, timed_from_epoch = 0.0, first_epoch
         elif checkpointer.latest_epoch() is not None:
             raise CheckpointError(f"{checkpointer.directory} already holds checkpoints: resume the run "
                                   "or use a fresh directory")
@@ -315,9 +320,10 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
         bar.set_postfix({k: round(v, 2) for k, v in record.items() if k != "epoch"})
         if checkpointer is not None and (epoch == config.num_epochs or
                                          (config.checkpoint_every and epoch % config.checkpoint_every == 0)):
-            checkpointer.save(epoch, state, {"config": dataclasses.asdict(config), "history": history})
+            checkpointer.save(epoch, state, {"config": dataclasses.asdict(config), "history": history,
+                                             "train_seconds": earlier_seconds + time.perf_counter() - start})
     jax.block_until_ready(state)
-    return TrainResult(state, history, time.perf_counter() - start)
+    return TrainResult(state, history, earlier_seconds + time.perf_counter() - start, timed_from_epoch)
 
 
 def load_trained_vae(workdir: str) -> tuple[VAEConfig, VAE, dict]:
