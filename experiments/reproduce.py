@@ -10,7 +10,8 @@ interrupted run exactly); the progress bar shows stage, epoch, ELBO and ETA, and
 ELBO / IWAE_100 curve is recorded every eval_every epochs on --num-valid validation points.
 Then evaluates the test log-likelihood with IWAE K = 5000 (the preset's final_iwae_samples), and
 for the Cremer presets runs the gap protocol of experiments.gap on the first --gap-points
-training and test points (into WORKDIR/gap).
+training and test points (into WORKDIR/gap), with log p(x) the larger of IWAE_5000 and AIS per
+datapoint (the preset's gap_overrides; --gap-set adds to them).
 
 Writes into --workdir (atomically, metrics.json last): metrics.json (test_log_px, test_elbo,
 train_elbo as {"mean", "stderr"}; the published figure and our difference; the schedule run;
@@ -119,19 +120,21 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
     })
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     if preset.gap_protocol:
-        metrics["gap"] = run_gap(workdir, options, data_dir, progress)
+        metrics["gap"] = run_gap(workdir, preset.gap_overrides + options.gap_overrides, options, data_dir, progress)
         io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     io.atomic_write_text(os.path.join(workdir, "reproduce.md"), markdown(metrics))
     return metrics
 
 
-def run_gap(workdir: str, options: RunOptions, data_dir: str | None, progress: bool) -> dict:
-    """The gap protocol of experiments.gap on the first options.gap_points training and test
-    points of the model just trained (results in WORKDIR/gap); returns its per-split summary."""
+def run_gap(workdir: str, overrides: tuple[str, ...], options: RunOptions, data_dir: str | None,
+            progress: bool) -> dict:
+    """The gap protocol of experiments.gap, with GapConfig `overrides` (the preset's, then the
+    user's), on the first options.gap_points training and test points of the model just trained
+    (results in WORKDIR/gap); returns its per-split summary."""
     from experiments import gap
 
     config = apply_overrides(gap.GapConfig(checkpoint=workdir, n_eval=options.gap_points, rows="first"),
-                             options.gap_overrides)
+                             overrides)
     return gap.run(config, os.path.join(workdir, "gap"), data_dir=data_dir, progress=progress)["splits"]
 
 

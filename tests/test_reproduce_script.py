@@ -38,7 +38,8 @@ def test_iwae_preset_runs_and_reports_against_the_paper(tmp_path):
 @pytest.mark.slow
 def test_cremer_preset_runs_the_gap_protocol_on_the_first_points(tmp_path):
     gap_quick = ["protocol.local_fit.max_steps=300", "protocol.local_fit.check_every=20", "protocol.elbo_samples=20",
-                 "protocol.iwae_samples=50", "protocol.refine_steps=0,2"]
+                 "protocol.iwae_samples=50", "protocol.refine_steps=0,2", "protocol.ais.num_steps=5",
+                 "protocol.ais.num_chains=2", "protocol.ais.leapfrog_steps=2", "protocol.ais.adapt_chains=1"]
     extra = ["--preset", "cremer_ffg", "--gap-points", "10"]
     for assignment in gap_quick:
         extra += ["--gap-set", assignment]
@@ -46,6 +47,7 @@ def test_cremer_preset_runs_the_gap_protocol_on_the_first_points(tmp_path):
     for split in ("train", "test"):
         gaps = metrics["gap"][split]
         assert gaps["n_eval"] == 10
+        assert "log_px_ais" in gaps  # the preset's AIS, next to IWAE
         assert gaps["inference_gap"]["mean"] == pytest.approx(
             gaps["approximation_gap_ffg"]["mean"] + gaps["amortization_gap_ffg"]["mean"], abs=1e-4)
     with open(tmp_path / "gap" / "gap.json") as f:
