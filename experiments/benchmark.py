@@ -27,7 +27,7 @@ through the project's real code path:
                       a LocalFitConfig that runs exactly 500 steps, a fixed random decoder 20-400-784.
   local_fit_early_stop the default convergence rule (LocalFitConfig()) on the same problem: the
                       effective speed-up of stopping when every row has converged.
-  iwae                make_iwae(K = 5000, chunk 100) through map_datapoints (100 rows at a time), 1000 rows.
+  iwae                make_iwae(K = 5000, its default chunk) through map_datapoints (100 rows at a time), 1000 rows.
   scaling_local_fit   local-fit time against N (1e3 ... 1e5, 100 steps), log-log slope.
   scaling_iwae        IWAE time and peak RSS against K (1e2 ... 1e4), log-log slope.
 
@@ -233,14 +233,14 @@ def worker_iwae(p: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from vi_jax.elbo import make_iwae, map_datapoints
+    from vi_jax.elbo import IWAE_CHUNK_SIZE, make_iwae, map_datapoints
 
     n, k = p["n"], p["k"]
     model, theta, family = _peers_decoder_model()
     data = jax.device_put(jnp.asarray(synthetic_binary_data(n, p.get("peers_dir"))))
     q = {"mean": 0.5 * jax.random.normal(jax.random.PRNGKey(1), (n, Z_DIM)),
          "log_scale": jnp.full((n, Z_DIM), -0.5)}
-    iwae_fn = make_iwae(model, family, num_samples=k, chunk_size=p.get("chunk_size", 100))
+    iwae_fn = make_iwae(model, family, num_samples=k, chunk_size=p.get("chunk_size", IWAE_CHUNK_SIZE))
     batch_size = p.get("batch_size", 100)
     fn = jax.jit(lambda key, th, t, x: map_datapoints(iwae_fn, key, th, t, x, batch_size))
     key = jax.random.PRNGKey(p.get("seed", 0))
@@ -555,7 +555,9 @@ def bench_iwae(ctx: Context) -> dict:
     flops = k * DECODER_FORWARD_FLOPS
     fraction = paired(runs, mine.label, mine.metric, "gemm_limit_jax", lambda r: _limit_dps(r, flops))
     records = [r for r in runs[mine.label] if "max_rss_mb" in r]
-    return {"unit": f"datapoints/s (K = {k}, {n} datapoints, chunk 100, 100 rows at a time)", "rows": rows,
+    from vi_jax.elbo import IWAE_CHUNK_SIZE
+
+    return {"unit": f"datapoints/s (K = {k}, {n} datapoints, chunk {IWAE_CHUNK_SIZE}, 100 rows at a time)", "rows": rows,
             "flops_per_datapoint": flops, "ours_gflops": dps * flops / 1e9 if dps else None,
             "gemm_rate": rate, "paired_ratios": {"gemm_limit": fraction},
             "limit_datapoints_per_sec": rate["skeleton_rate_exact_gflops"] * 1e9 / flops if rate else None,

@@ -31,7 +31,7 @@ import numpy as np
 from blackjax.mcmc import hmc
 
 from vi_jax.distributions import sample_and_log_prob
-from vi_jax.elbo import IwaeTerms, log_mean_weight_stderr, make_iwae, map_datapoints
+from vi_jax.elbo import IWAE_CHUNK_SIZE, IwaeTerms, log_mean_weight_stderr, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import tile_rows
 from vi_jax.models import LatentVariableModel
@@ -194,7 +194,7 @@ def make_ais(model: LatentVariableModel, family: VariationalFamily,
 
 
 def prior_monte_carlo(key: Array, model: LatentVariableModel, theta: Params, data: Array, *,
-                      num_samples: int, chunk_size: int = 100,
+                      num_samples: int, chunk_size: int = IWAE_CHUNK_SIZE,
                       batch_size: Optional[int] = None) -> IwaeTerms:
     """Naive Monte Carlo log p(x_i) ~ log (1/K) sum_k p(x_i | z_k), z_k ~ p(z), for every row.
 

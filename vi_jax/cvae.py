@@ -28,7 +28,7 @@ import tqdm
 
 from vi_jax import networks
 from vi_jax.distributions import Likelihood, get_likelihood
-from vi_jax.elbo import ElboTerms, IwaeTerms, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import IWAE_CHUNK_SIZE, ElboTerms, IwaeTerms, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.models import LatentVariableModel
 from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step, first_nonfinite, make_epoch
@@ -165,7 +165,7 @@ def make_cvae_elbo(cvae: CVAE, *, num_samples: int = 1, kl: str = "analytic") ->
     return elbo
 
 
-def make_cvae_iwae(cvae: CVAE, *, num_samples: int, chunk_size: int = 100) -> Callable:
+def make_cvae_iwae(cvae: CVAE, *, num_samples: int, chunk_size: int = IWAE_CHUNK_SIZE) -> Callable:
     """Per-datapoint IWAE bound on log p(x | c) with proposal q(z|x,c): fn(key, params, c, x) ->
     IwaeTerms (vi_jax.elbo.make_iwae on the whitened model: chunked, with its MC standard error)."""
     make_iwae(cvae.given(jnp.zeros(cvae.num_classes)), cvae.family, num_samples=num_samples,

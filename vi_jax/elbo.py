@@ -127,8 +127,14 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
     return elbo
 
 
+# Draws per scan step of make_iwae. The decoder's outputs for rows x chunk draws are written and
+# read back by the log-density, so they should fit in cache: at the evaluation's 100 rows, chunk
+# 10 ran 22.0 datapoints/s against 17.3 for chunk 100 (K = 5000, 784-pixel decoder, one CPU core).
+IWAE_CHUNK_SIZE = 10
+
+
 def make_iwae(model: LatentVariableModel, family: VariationalFamily, *, num_samples: int,
-              chunk_size: int = 100) -> Callable[[Array, Params, Params, Array], IwaeTerms]:
+              chunk_size: int = IWAE_CHUNK_SIZE) -> Callable[[Array, Params, Params, Array], IwaeTerms]:
     """L_K(x; q) = E[log (1/K) sum_k p(x, z_k) / q(z_k)], z_k ~ q independently.
 
     The K log-weights are drawn `chunk_size` at a time inside a `lax.scan` that carries running

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from vi_jax.ais import AisConfig, make_ais
-from vi_jax.elbo import make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import IWAE_CHUNK_SIZE, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import LocalFitConfig, make_local_fit, make_refine, tile_rows
 from vi_jax.models import LatentVariableModel
@@ -42,7 +42,7 @@ class GapProtocol:
     local_init: str = "encoder"  # start q* from the encoder's output, or from the prior
     elbo_samples: int = 1000  # draws per datapoint for every reported ELBO
     iwae_samples: int = 5000  # K of the log p(x) estimate
-    iwae_chunk_size: int = 100
+    iwae_chunk_size: int = IWAE_CHUNK_SIZE
     batch_size: int = 100  # datapoints vmapped at once in evaluation
     refine_steps: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 50)  # semi-amortized curve
     refine_learning_rate: float = 1e-2  # Adam, per datapoint, from the encoder's output
