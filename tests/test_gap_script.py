@@ -45,5 +45,8 @@ def test_gap_quick_end_to_end(tmp_path):
         np.testing.assert_allclose(arrays["log_px"].mean(), r["log_px"]["mean"], rtol=1e-6)
     assert result["seed"] == 0 and result["environment"]["versions"]["jax"]
     assert set(result["wall_seconds"]) >= {"vae", "total"}
-    again = run(tmp_path / "b")
-    assert numbers(again) == numbers(result)
+    # same seed, identical numbers; a run of one split draws that split's keys as the full run does
+    again = run(tmp_path / "b", "--set", "splits=test")
+    assert numbers(again) == {"test": numbers(result)["test"]}
+    with pytest.raises(ValueError, match="splits must be"):
+        run(tmp_path / "c", "--set", "splits=valid")
