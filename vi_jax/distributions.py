@@ -47,8 +47,8 @@ class _BernoulliLogits(distrax.Bernoulli):
 
     distrax evaluates (1 - x) log sigmoid(-l) + x log sigmoid(l): two softplus and two
     multiply_no_nan per pixel. Both are equal for every x in [0, 1] (softplus(l) - softplus(-l)
-    = l), and this one costs a single softplus. In a 784-pixel decoder that elementwise work
-    rivals the last layer's GEMM (experiments.benchmark measures the difference)."""
+    = l), and this one costs a single softplus: IWAE with K = 5000 on a 784-pixel decoder ran
+    8-13% faster on one CPU core (BENCHMARKS.md)."""
 
     def log_prob(self, value: Array) -> Array:
         return value * self.logits - jax.nn.softplus(self.logits)
