@@ -545,6 +545,8 @@ def bench_local_fit_early_stop(ctx: Context) -> dict:
 
 
 def bench_iwae(ctx: Context) -> dict:
+    from vi_jax.elbo import IWAE_CHUNK_SIZE  # the chunk the worker's make_iwae uses
+
     n, k = (100, 500) if ctx.quick else (1000, 5000)
     mine = ours("vi_jax_make_iwae", "iwae", "datapoints_per_sec", n=n, k=k)
     contestants = [mine, gemm_contestant(ctx)]
@@ -555,8 +557,6 @@ def bench_iwae(ctx: Context) -> dict:
     flops = k * DECODER_FORWARD_FLOPS
     fraction = paired(runs, mine.label, mine.metric, "gemm_limit_jax", lambda r: _limit_dps(r, flops))
     records = [r for r in runs[mine.label] if "max_rss_mb" in r]
-    from vi_jax.elbo import IWAE_CHUNK_SIZE
-
     return {"unit": f"datapoints/s (K = {k}, {n} datapoints, chunk {IWAE_CHUNK_SIZE}, 100 rows at a time)", "rows": rows,
             "flops_per_datapoint": flops, "ours_gflops": dps * flops / 1e9 if dps else None,
             "gemm_rate": rate, "paired_ratios": {"gemm_limit": fraction},

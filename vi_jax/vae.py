@@ -289,7 +289,7 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
             if "train_seconds" in metadata:
                 earlier_seconds = metadata["train_seconds"]
             else:  # written before checkpoints recorded their time
-                earlier_seconds, timed_from_epoch = 0.0, first_epoch
+                timed_from_epoch = first_epoch
         elif checkpointer.latest_epoch() is not None:
             raise CheckpointError(f"{checkpointer.directory} already holds checkpoints: resume the run "
                                   "or use a fresh directory")
