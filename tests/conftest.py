@@ -1,8 +1,10 @@
 """Shared test setup: implicit rank promotion is an error (catches silent broadcasting in
-vmapped code), and small shared models so JAX compiles as little as possible."""
+vmapped code), small shared models, and a per-worker persistent compilation cache, so JAX
+compiles as little as possible."""
 import jax
 import jax.numpy as jnp
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -24,6 +26,23 @@ class TinyProblem:
         self.theta = self.model.init(jax.random.PRNGKey(1))
         self.x = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
         self.q_params = {"mean": jnp.array([0.3, -0.5]), "log_scale": jnp.array([-0.4, 0.2])}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+    """Each test worker keeps its compiled executables on disk for the session: experiment
+    scripts rebuild their jitted closures on every call, so a rerun that checks reproduction,
+    or a later test or child process on the same shapes, loads the executable instead of
+    compiling it again (compilation is most of the suite's time). Yields the environment that
+    hands the cache to a child process of this worker (children run one at a time, while the
+    worker waits, so no two processes write the directory at once)."""
+    directory = str(tmp_path_factory.mktemp("xla_cache"))
+    settings = {"jax_compilation_cache_dir": directory, "jax_persistent_cache_min_compile_time_secs": 0.0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # in case anything compiled before this fixture ran
+    yield {name.upper(): str(value) for name, value in settings.items()}
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,7 @@ def poor_prior_case():
                 k, model, theta, x, num_samples=config.likelihood_evaluations(), chunk_size=2000))(key)}
 
 
+@pytest.mark.xdist_group("poor_prior_case")
 @pytest.mark.parametrize("proposal", ["ais_prior", "ais_q_star"])
 def test_ais_is_within_its_standard_errors_of_exact_log_px(poor_prior_case, proposal):
     out, exact = poor_prior_case[proposal], poor_prior_case["exact"]
@@ -112,6 +113,7 @@ def test_ais_is_within_its_standard_errors_of_exact_log_px(poor_prior_case, prop
     assert np.all((0.3 < np.asarray(out.acceptance_rate)) & (np.asarray(out.acceptance_rate) < 1.0))
 
 
+@pytest.mark.xdist_group("poor_prior_case")
 def test_ais_beats_prior_importance_sampling_at_equal_cost(poor_prior_case):
     """Same number of log p(x, z) evaluations: IWAE from the prior is tens of nats low, AIS from
     the prior is not (both mean errors with 4 standard errors of their spread over datapoints)."""

@@ -9,7 +9,9 @@ import pytest
 from experiments import estimator_variance
 
 FILES = ["estimator_variance.json", "estimator_variance.md", "variance_vs_samples.png"]
-TINY = ["--quick", "--vae", "--no-progress", "--set", "estimators=reparam/analytic,stl/mc,score_function/mc",
+# two estimators cover the script's plumbing (the reference and one compared with it); every
+# estimator's unbiasedness against the closed form is tested in test_estimators.py
+TINY = ["--quick", "--vae", "--no-progress", "--set", "estimators=reparam/analytic,score_function/mc",
         "--set", "num_samples=2,4", "--set", "vae.num_epochs=2"]
 
 
@@ -26,7 +28,7 @@ def test_estimator_variance_tiny_end_to_end(tmp_path, capsys):
     for name, setting in result["settings"].items():
         rows = setting["rows"]
         assert [(r["estimator"], r["num_samples"]) for r in rows] == [
-            (e, m) for m in (2, 4) for e in ("reparam", "stl", "score_function")]
+            (e, m) for m in (2, 4) for e in ("reparam", "score_function")]
         for r in rows:
             assert np.shape(r["mean"]) == (4, setting["params_per_datapoint"])
             assert r["total_variance"] > 0 and r["total_variance_stderr"] > 0

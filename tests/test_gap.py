@@ -9,6 +9,8 @@ from vi_jax.ais import AisConfig
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
 
+pytestmark = pytest.mark.xdist_group("trained")  # shares the `trained` VAE with test_local.py
+
 PROTOCOL = GapProtocol(local_fit=LocalFitConfig(learning_rate=1e-2, check_every=20, patience=5, max_steps=2000),
                        elbo_samples=200, iwae_samples=500, refine_steps=(0, 3),
                        ais_proposal="ffg", ais=AisConfig(num_chains=8, num_steps=20))

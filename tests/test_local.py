@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from vi_jax.elbo import make_elbo, map_datapoints
 from vi_jax.local import (LocalFitConfig, make_local_fit, make_refine, row_optimizer, take_rows,
@@ -61,6 +62,7 @@ def test_row_trajectory_equals_a_single_row_optax_run():
 FIT = LocalFitConfig(learning_rate=1e-2, check_every=20, patience=3, max_steps=3000)
 
 
+@pytest.mark.xdist_group("trained")
 def test_local_fit_beats_the_encoder_and_converged_rows_stop(trained):
     vae, params, x = trained
     encoder_q = vae.encode(params["encoder"], x)
@@ -81,6 +83,7 @@ def test_local_fit_beats_the_encoder_and_converged_rows_stop(trained):
         np.testing.assert_array_equal(np.asarray(result.params[name])[done], np.asarray(short.params[name])[done])
 
 
+@pytest.mark.xdist_group("trained")
 def test_refine_is_a_prefix_of_a_longer_refinement(trained):
     vae, params, x = trained
     refine = jax.jit(make_refine(vae.model, vae.family, optax.adam(1e-2)), static_argnums=4)
@@ -105,6 +108,7 @@ def test_tile_rows_makes_a_table():
     assert table["mean"].shape == (4, 2)
 
 
+@pytest.mark.xdist_group("trained")
 def test_a_fit_checkpointed_in_segments_and_resumed_equals_one_call(trained, tmp_path):
     from vi_jax.checkpoint import Checkpointer
     from vi_jax.local import fit_with_checkpoints, make_local_fitter

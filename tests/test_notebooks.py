@@ -27,11 +27,13 @@ def test_notebook_is_stored_without_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs(path, tmp_path, monkeypatch, persistent_compilation_cache):
     copy = tmp_path / path.name
     shutil.copy(path, copy)
     notebook = nbformat.read(copy, as_version=4)
     monkeypatch.setenv("VI_JAX_NOTEBOOK_QUICK", "1")
+    for name, value in persistent_compilation_cache.items():  # the kernel shares this worker's cache
+        monkeypatch.setenv(name, value)
     # "python3" resolves to this interpreter (jupyter_client starts the native kernel with sys.executable)
     client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=600,
                                      resources={"metadata": {"path": str(tmp_path)}})

@@ -3,10 +3,8 @@ its exact value, and bit-identical numbers when rerun with the same seed."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from scipy import stats
 
 from experiments import oracle_gap
@@ -24,24 +22,6 @@ ALLOWANCE = {"log_px": 0.05, "elbo_amortized": 0.0, "elbo_local_ffg": 0.1,
              "approximation_gap_ffg": 0.15, "amortization_gap_ffg": 0.1}
 
 
-@pytest.fixture
-def persistent_compilation_cache(tmp_path):
-    """JAX's persistent compilation cache in a temporary directory for this test only, so the
-    identical second run loads its executables instead of compiling them again (compilation is
-    most of a --quick run on 2 CPU cores). The previous settings are restored afterwards."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    old = {name: getattr(jax.config, name) for name in names}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield
-    for name, value in old.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-
-
 def run(workdir, *extra):
     oracle_gap.main(["--workdir", str(workdir), "--quick", "--no-progress"] + list(extra))
     with open(os.path.join(workdir, "oracle.json")) as f:
@@ -49,7 +29,7 @@ def run(workdir, *extra):
 
 
 @pytest.mark.slow
-def test_oracle_gap_quick_end_to_end(tmp_path, persistent_compilation_cache, capsys):
+def test_oracle_gap_quick_end_to_end(tmp_path, capsys):
     result = run(tmp_path / "a")
     assert "| log p(x) |" in capsys.readouterr().out  # the table is printed
     assert sorted(os.listdir(tmp_path / "a")) == FILES

@@ -79,14 +79,16 @@ def read_metrics(workdir):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, persistent_compilation_cache):
     epochs = ["--set", "num_epochs=6", "--set", "checkpoint_every=1"]
     train_vae.main(["--workdir", str(tmp_path / "full")] + TINY + epochs)
     full = read_metrics(tmp_path / "full")
 
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "experiments.train_vae", "--workdir", str(killed)] + TINY + epochs
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the child loads the executables the uninterrupted run compiled (and has nothing left to write)
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **persistent_compilation_cache},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         saved = [d for d in os.listdir(killed / "checkpoints")] if (killed / "checkpoints").exists() else []
