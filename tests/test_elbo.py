@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from vi_jax.distributions import sample_and_log_prob
-from vi_jax.elbo import ElboTerms, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import ELBO_DRAWS_PER_STEP, ElboTerms, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import mixture_gaussian
 
 REPLICATES = 4000
@@ -106,6 +106,16 @@ def test_reparameterized_gradient_matches_closed_form(tiny):
         g = np.asarray(grads[name], np.float64)
         se = g.std(axis=0, ddof=1) / np.sqrt(len(g))
         assert np.all(np.abs(g.mean(axis=0) - exact[name]) <= 4 * se), (name, g.mean(0), exact[name], se)
+
+
+def test_elbo_rows_per_step_bounds_the_draws_per_step():
+    for draws in (1, 7, 100, 499, 500, 501, 1000, 5000):
+        for max_rows in (1, 3, 100):
+            rows = elbo_rows_per_step(draws, max_rows)
+            assert 1 <= rows <= max_rows
+            # as many rows as fit in the budget, and never zero
+            assert rows * draws <= ELBO_DRAWS_PER_STEP or rows == 1
+            assert rows == max_rows or (rows + 1) * draws > ELBO_DRAWS_PER_STEP
 
 
 def test_map_datapoints_batches_agree_and_keys_ignore_n(tiny):

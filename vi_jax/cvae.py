@@ -28,7 +28,8 @@ import tqdm
 
 from vi_jax import networks
 from vi_jax.distributions import Likelihood, get_likelihood
-from vi_jax.elbo import IWAE_CHUNK_SIZE, ElboTerms, IwaeTerms, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import (IWAE_CHUNK_SIZE, ElboTerms, IwaeTerms, elbo_rows_per_step, make_elbo, make_iwae,
+                         map_datapoints)
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.models import LatentVariableModel
 from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step, first_nonfinite, make_epoch
@@ -57,7 +58,7 @@ class CVAEConfig:
     num_epochs: int = 200
     eval_elbo_samples: int = 100  # draws per datapoint for reported ELBOs
     final_iwae_samples: int = 5000  # K of the held-out IWAE estimate of log p(x | c)
-    eval_batch_size: int = 100  # datapoints vmapped at once in evaluation
+    eval_batch_size: int = 100  # datapoints vmapped at once in evaluation (ELBOs: fewer, elbo_rows_per_step)
     samples_per_class: int = 10  # columns of the per-class sample grid
 
     def validate(self) -> None:
@@ -225,7 +226,8 @@ def make_evaluator(cvae: CVAE, config: CVAEConfig, iwae_samples: int) -> Evaluat
     iwae_fn = make_cvae_iwae(cvae, num_samples=iwae_samples)
 
     def elbo(key, params, x, c):
-        return map_datapoints(elbo_fn, key, params, c, x, config.eval_batch_size).elbo
+        return map_datapoints(elbo_fn, key, params, c, x,
+                              elbo_rows_per_step(config.eval_elbo_samples, config.eval_batch_size)).elbo
 
     def iwae(key, params, x, c):
         return map_datapoints(iwae_fn, key, params, c, x, config.eval_batch_size)

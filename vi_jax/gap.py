@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from vi_jax.ais import AisConfig, make_ais
-from vi_jax.elbo import IWAE_CHUNK_SIZE, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import IWAE_CHUNK_SIZE, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import LocalFitConfig, make_local_fit, make_refine, tile_rows
 from vi_jax.models import LatentVariableModel
@@ -43,7 +43,7 @@ class GapProtocol:
     elbo_samples: int = 1000  # draws per datapoint for every reported ELBO
     iwae_samples: int = 5000  # K of the log p(x) estimate
     iwae_chunk_size: int = IWAE_CHUNK_SIZE
-    batch_size: int = 100  # datapoints vmapped at once in evaluation
+    batch_size: int = 100  # datapoints vmapped at once in evaluation (ELBOs: fewer, elbo_rows_per_step)
     refine_steps: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 50)  # semi-amortized curve
     refine_learning_rate: float = 1e-2  # Adam, per datapoint, from the encoder's output
     # AIS estimate of log p(x) next to IWAE: "" (off), or its proposal: "prior", "encoder" or the
@@ -104,8 +104,8 @@ def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
         """Per-datapoint ELBO with protocol.elbo_samples draws (one compiled function per family)."""
         if family.name not in elbo_jits:
             fn = make_elbo(model, family, num_samples=protocol.elbo_samples, kl=family.kl_form)
-            elbo_jits[family.name] = jax.jit(
-                lambda k, th, t, x: map_datapoints(fn, k, th, t, x, protocol.batch_size).elbo)
+            rows = elbo_rows_per_step(protocol.elbo_samples, protocol.batch_size)
+            elbo_jits[family.name] = jax.jit(lambda k, th, t, x: map_datapoints(fn, k, th, t, x, rows).elbo)
         return np.asarray(elbo_jits[family.name](k, theta, table, data))
 
     if amortized_table is None and protocol.local_init == "encoder":

@@ -19,7 +19,7 @@ from vi_jax import data, networks, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
 from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
-from vi_jax.elbo import ESTIMATORS, KL_FORMS, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import ESTIMATORS, KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
 from vi_jax.models import LatentVariableModel, decoder_model
 from vi_jax.train import (OBJECTIVES, Algorithm, TrainState, amortized_vi, dynamically_binarized,
@@ -59,7 +59,7 @@ class VAEConfig:
     eval_elbo_samples: int = 100  # draws per datapoint for reported ELBOs
     eval_iwae_samples: int = 100  # K of the periodic held-out IWAE
     final_iwae_samples: int = 5000  # K of the final held-out IWAE
-    eval_batch_size: int = 100  # datapoints vmapped at once in evaluation
+    eval_batch_size: int = 100  # datapoints vmapped at once in evaluation (ELBOs: fewer, elbo_rows_per_step)
     mode: str = "amortized"  # inference used in training: see TRAINING_MODES
     local_learning_rate: float = 1e-2  # non_amortized: Adam on each q_i
     refine_steps: int = 5  # semi_amortized: K refinement steps per minibatch
@@ -213,11 +213,12 @@ class Evaluator(NamedTuple):
 
 def make_evaluator(vae: VAE, config: VAEConfig, iwae_samples: int) -> Evaluator:
     elbo_fn = make_elbo(vae.model, vae.family, num_samples=config.eval_elbo_samples, kl=config.kl)
+    elbo_rows = elbo_rows_per_step(config.eval_elbo_samples, config.eval_batch_size)
     iwae_fn = make_iwae(vae.model, vae.family, num_samples=iwae_samples)
 
     def elbo(key, params, data):
         q = vae.encode(params["encoder"], data)
-        return map_datapoints(elbo_fn, key, params["decoder"], q, data, config.eval_batch_size).elbo
+        return map_datapoints(elbo_fn, key, params["decoder"], q, data, elbo_rows).elbo
 
     def iwae(key, params, data):
         q = vae.encode(params["encoder"], data)
