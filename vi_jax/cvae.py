@@ -221,13 +221,14 @@ class Evaluator(NamedTuple):
 
 def make_evaluator(cvae: CVAE, config: CVAEConfig, iwae_samples: int) -> Evaluator:
     """Datapoint i gets key fold_in(key, i) (vi_jax.elbo.map_datapoints, with c in the slot of the
-    per-datapoint parameters), config.eval_batch_size rows vmapped at a time."""
+    per-datapoint parameters), config.eval_batch_size rows vmapped at a time (ELBOs: fewer,
+    vi_jax.elbo.elbo_rows_per_step)."""
     elbo_fn = make_cvae_elbo(cvae, num_samples=config.eval_elbo_samples)
+    elbo_rows = elbo_rows_per_step(config.eval_elbo_samples, config.eval_batch_size)
     iwae_fn = make_cvae_iwae(cvae, num_samples=iwae_samples)
 
     def elbo(key, params, x, c):
-        return map_datapoints(elbo_fn, key, params, c, x,
-                              elbo_rows_per_step(config.eval_elbo_samples, config.eval_batch_size)).elbo
+        return map_datapoints(elbo_fn, key, params, c, x, elbo_rows).elbo
 
     def iwae(key, params, x, c):
         return map_datapoints(iwae_fn, key, params, c, x, config.eval_batch_size)
