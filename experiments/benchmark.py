@@ -26,7 +26,8 @@ through the project's real code path:
   local_fit           make_local_fit (diagonal Gaussian, Adam lr 1e-2, 1 sample) on N = 2000 rows,
                       a LocalFitConfig that runs exactly 500 steps, a fixed random decoder 20-400-784.
   local_fit_early_stop the default convergence rule (LocalFitConfig()) on the same problem: the
-                      effective speed-up of stopping when every row has converged.
+                      effective speed-up of stopping when every row has converged, and of
+                      skipping converged rows (against the same fit in one block of all rows).
   iwae                make_iwae(K = 5000, its default chunk) through map_datapoints (100 rows at a time), 1000 rows.
   scaling_local_fit   local-fit time against N (1e3 ... 1e5, 100 steps), log-log slope.
   scaling_iwae        IWAE time and peak RSS against K (1e2 ... 1e4), log-log slope.
@@ -187,7 +188,7 @@ def worker_local_fit(p: dict) -> dict:
 
     steps = p.get("steps", LOCAL_STEPS)
     config = LocalFitConfig(learning_rate=p.get("lr", LOCAL_LR), num_samples=1, check_every=steps,
-                            patience=1, max_steps=steps)
+                            patience=1, max_steps=steps, block_rows=p.get("block_rows", 0))
     compiled, args, compile_s = _local_fit_setup(p, config)
     start = time.perf_counter()
     result = compiled(*args)
@@ -204,10 +205,11 @@ def worker_local_fit(p: dict) -> dict:
 
 def worker_local_fit_early_stop(p: dict) -> dict:
     """The default convergence rule (LocalFitConfig(), overrides in p["config"]): wall time, how
-    many steps the loop ran, and the steps each row needed."""
+    many steps the loop ran, the steps each row needed, and the row-steps computed: at each check,
+    the active rows rounded up to whole blocks."""
     import jax
 
-    from vi_jax.local import LocalFitConfig
+    from vi_jax.local import LocalFitConfig, rows_per_block
 
     config = dataclasses.replace(LocalFitConfig(), **p.get("config", {}))
     compiled, args, compile_s = _local_fit_setup(p, config)
@@ -219,12 +221,17 @@ def worker_local_fit_early_stop(p: dict) -> dict:
     loop_steps = int(row_steps.max())  # rows still active run until the last one stops
     cap = -(-config.max_steps // config.check_every) * config.check_every
     n = p["n"]
+    block = rows_per_block(config, n)
+    active_per_check = [int(np.sum(row_steps > c * config.check_every))
+                        for c in range(loop_steps // config.check_every)]
+    computed = sum(-(-a // block) * block * config.check_every for a in active_per_check)
     return {"datapoints_per_sec": n / seconds, "seconds": seconds, "n": n, "compile_s": compile_s,
             "config": dataclasses.asdict(config), "loop_steps": loop_steps, "step_cap": cap,
             "converged": int(np.sum(np.asarray(result.converged))),
             "row_steps_mean": float(row_steps.mean()), "row_steps_median": float(np.median(row_steps)),
             "effective_speedup_vs_cap": cap / loop_steps,
-            "row_step_utilisation": float(row_steps.sum()) / (n * loop_steps),
+            "block_rows": block, "row_steps_computed": computed,
+            "row_step_utilisation": float(row_steps.sum()) / computed,
             "seconds_per_step": seconds / loop_steps, "max_rss_mb": _max_rss_mb()}
 
 
@@ -495,6 +502,7 @@ def bench_local_fit(ctx: Context) -> dict:
     contestants = [
         mine,
         gemm_contestant(ctx),
+        ours("vi_jax_one_block", "local_fit", "datapoints_per_sec", n=n, steps=steps, lr=LOCAL_LR, block_rows=n),
         peer("torch_minibatch100", "nonamortized_torch.py", *size, "--batch", "100",
              metric="datapoints_per_sec", interpreter="torch",
              note="Cremer-style loop: 100 datapoints at a time, eager torch Adam"),
@@ -525,23 +533,32 @@ def bench_local_fit(ctx: Context) -> dict:
 def bench_local_fit_early_stop(ctx: Context) -> dict:
     """The default convergence rule on the same problem; one process per repetition."""
     if ctx.quick:
-        n, overrides = 100, {"check_every": 20, "patience": 3, "max_steps": 400}
+        n, overrides = 100, {"check_every": 20, "patience": 3, "max_steps": 400, "block_rows": 32}
     else:
         n, overrides = 500, {}
     mine = ours("vi_jax_default_rule", "local_fit_early_stop", "datapoints_per_sec", n=n, config=overrides)
-    runs, skipped = run_alternating(ctx, [mine], ctx.scaling_reps)
+    one_block = ours("vi_jax_one_block", "local_fit_early_stop", "datapoints_per_sec", n=n,
+                     config={**overrides, "block_rows": n})
+    runs, skipped = run_alternating(ctx, [mine, one_block], ctx.reps)
     records = [r for r in runs[mine.label] if "error" not in r]
-    rows = summarize_runs([mine], runs, skipped)
+    rows = summarize_runs([mine, one_block], runs, skipped)
     if not records:
         return {"rows": rows, "error": "no successful run"}
     med = {k: median_of(records, k) for k in ("seconds", "loop_steps", "row_steps_mean", "row_steps_median",
                                               "effective_speedup_vs_cap", "row_step_utilisation",
                                               "seconds_per_step", "converged")}
+    skipping = paired(runs, mine.label, mine.metric, one_block.label, lambda r: r.get(one_block.metric))
     return {"unit": f"datapoints/s (N = {n}, lr 1e-3, default convergence rule)", "rows": rows,
             "config": records[0]["config"], "step_cap": records[0]["step_cap"], **med,
-            "explanation": "effective_speedup_vs_cap = step cap / steps the loop ran (all rows are "
-                           "computed until the last one converges); row_step_utilisation = row-steps "
-                           "the rows needed / row-steps computed (converged rows are masked, not removed)"}
+            "block_rows": records[0]["block_rows"],
+            "one_block_row_step_utilisation": median_of(runs.get(one_block.label, []), "row_step_utilisation"),
+            "speedup_from_skipping_converged_rows": skipping["median"], "paired_ratios": {one_block.label: skipping},
+            "ratios_ours_over": {one_block.label: skipping["median"]},
+            "explanation": "effective_speedup_vs_cap = step cap / steps the loop ran; row_step_utilisation = "
+                           "row-steps the rows needed / row-steps computed (at each check, the active rows "
+                           "rounded up to whole blocks; converged rows leave the blocks); "
+                           "speedup_from_skipping_converged_rows = ours / the same fit in one block of all "
+                           "rows (every row computed until the last one converges), per round"}
 
 
 def bench_iwae(ctx: Context) -> dict:
@@ -665,7 +682,8 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("local_fit", "speed", "per-datapoint fit (N=2000, 500 Adam steps) datapoints/s vs torch / JAX "
               "peers and the GEMM-rate limit", bench_local_fit),
     Benchmark("local_fit_early_stop", "speed", "the default convergence rule: effective speed-up of "
-              "stopping converged rows", bench_local_fit_early_stop),
+              "stopping converged rows, and of skipping them (against one block of all rows)",
+              bench_local_fit_early_stop),
     Benchmark("iwae", "speed", "IWAE K=5000 on 1000 datapoints: datapoints/s, FLOP-limit fraction, peak RSS",
               bench_iwae),
     Benchmark("scaling_local_fit", "speed", "local-fit time against N (1e3..1e5), log-log slope",
@@ -869,7 +887,8 @@ def _speed_table(name: str, b: dict) -> list:
                                      "fraction_of_flop_limit", "ours_gflops", "limit_datapoints_per_sec",
                                      "max_rss_mb", "loglog_slope", "loglog_slope_all", "rss_growth_fraction",
                                      "loop_steps", "step_cap", "row_steps_mean", "effective_speedup_vs_cap",
-                                     "row_step_utilisation", "converged") if b.get(k) is not None]
+                                     "row_step_utilisation", "one_block_row_step_utilisation",
+                                     "speedup_from_skipping_converged_rows", "converged") if b.get(k) is not None]
     if b.get("gemm_rate"):
         extra.append(("GEMM rate (skeleton, GFLOP/s)", b["gemm_rate"]["skeleton_rate_exact_gflops"]))
     if extra:
@@ -1034,7 +1053,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repetition: a smoke run")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per contestant (default 3; quick 1)")
     parser.add_argument("--scaling-reps", type=int, default=None,
-                        help="repetitions of the scaling and early-stopping runs (default 1)")
+                        help="repetitions of the scaling runs (default 1)")
     parser.add_argument("--peers-dir", default=DEFAULT_PEERS_DIR, help="the peer reference scripts")
     parser.add_argument("--no-peers", action="store_true", help="run only our own rows")
     parser.add_argument("--jax-python", default=None, help="interpreter of the JAX peers ($PEERS_JAX_PYTHON)")
