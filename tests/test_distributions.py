@@ -7,7 +7,24 @@ import pytest
 from scipy import stats
 
 from vi_jax.distributions import (BERNOULLI, GAUSSIAN, GAUSSIAN_MIN_SCALE, get_likelihood,
-                                  sample_and_log_prob, standard_normal)
+                                  sample_and_log_prob, softplus, standard_normal)
+
+
+def test_softplus_and_its_derivatives_match_float64_formulas():
+    """Against log1p(exp(x)) and the sigmoid in float64, from -90 to 90 (where a naive float32
+    exp overflows), at +-inf, and through a second derivative sigmoid(x)(1 - sigmoid(x)); NaN
+    stays NaN (the training loops' divergence guard relies on it)."""
+    x = jnp.array([-90.0, -20.0, -3.0, -0.1, 0.0, 1e-3, 2.5, 17.0, 90.0])
+    x64 = np.asarray(x, np.float64)
+    sigmoid = 1 / (1 + np.exp(-x64))
+    np.testing.assert_allclose(softplus(x), np.logaddexp(x64, 0), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(jax.vmap(jax.grad(softplus))(x), sigmoid, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(jax.vmap(jax.grad(jax.grad(softplus)))(x), sigmoid * (1 - sigmoid),
+                               rtol=1e-5, atol=1e-30)
+    inf = jnp.array([-jnp.inf, jnp.inf])
+    np.testing.assert_array_equal(softplus(inf), [0.0, np.inf])
+    np.testing.assert_array_equal(jax.vmap(jax.grad(softplus))(inf), [0.0, 1.0])
+    assert bool(jnp.isnan(softplus(jnp.nan))) and bool(jnp.isnan(jax.grad(softplus)(jnp.nan)))
 
 
 def test_bernoulli_log_prob_is_minus_binary_cross_entropy():

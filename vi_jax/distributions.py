@@ -29,6 +29,24 @@ def sample_and_log_prob(dist: distrax.Distribution, key: Array) -> tuple[Array, 
         return dist.sample_and_log_prob(seed=key)
 
 
+@jax.custom_jvp
+def softplus(x: Array) -> Array:
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), and its derivative sigmoid(x) from the same e^-|x|.
+
+    jax.nn.softplus (logaddexp(x, 0)) selects around NaN inputs, which NaN propagates through
+    here anyway, and its derivative takes a second exp. On one CPU core over 2000 x 784 logits
+    this one is 2.4x faster forward and 1.6x faster value-and-gradient (BENCHMARKS.md)."""
+    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    e = jnp.exp(-jnp.abs(x))
+    sigmoid = jnp.where(x >= 0, 1.0, e) / (1.0 + e)
+    return jnp.maximum(x, 0) + jnp.log1p(e), sigmoid * dx
+
+
 class Likelihood(NamedTuple):
     """An observation model p(x|z): maps a decoder output vector to a distribution over x.
 
@@ -51,7 +69,7 @@ class _BernoulliLogits(distrax.Bernoulli):
     8-13% faster on one CPU core (BENCHMARKS.md)."""
 
     def log_prob(self, value: Array) -> Array:
-        return value * self.logits - jax.nn.softplus(self.logits)
+        return value * self.logits - softplus(self.logits)
 
 
 def _bernoulli(logits: Array) -> distrax.Distribution:
@@ -73,7 +91,7 @@ GAUSSIAN_MIN_SCALE = 1e-2
 
 def _gaussian_split(out: Array) -> tuple[Array, Array]:
     mean, raw_scale = jnp.split(out, 2)
-    return mean, GAUSSIAN_MIN_SCALE + jax.nn.softplus(raw_scale)
+    return mean, GAUSSIAN_MIN_SCALE + softplus(raw_scale)
 
 
 def _gaussian(out: Array) -> distrax.Distribution:
