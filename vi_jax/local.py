@@ -34,11 +34,13 @@ def tile_rows(params: Params, num_rows: int) -> Params:
 
 
 def take_rows(table: Params, rows: Array) -> Params:
-    return jax.tree.map(lambda t: t[rows], table)
+    """The given rows of every leaf; a row index past the end reads the last row."""
+    return jax.tree.map(lambda t: jnp.take(t, rows, axis=0, mode="clip"), table)
 
 
 def put_rows(table: Params, rows: Array, values: Params) -> Params:
-    return jax.tree.map(lambda t, v: t.at[rows].set(v), table, values)
+    """table with the given rows set to values; writes to row indices past the end are dropped."""
+    return jax.tree.map(lambda t, v: t.at[rows].set(v, mode="drop"), table, values)
 
 
 def where_rows(mask: Array, new: Params, old: Params) -> Params:
@@ -172,16 +174,11 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
         block = rows_per_block(config, n)
         padded_rows = -(-n // block) * block
 
-        def take(tree, rows):  # rows past the end (padding) read the last row; they never move
-            return jax.tree.map(lambda t: jnp.take(t, rows, axis=0, mode="clip"), tree)
-
-        def put(tree, rows, values):  # writes to padding rows are dropped
-            return jax.tree.map(lambda t, v: t.at[rows].set(v, mode="drop"), tree, values)
-
         def check(s: LocalFitState) -> LocalFitState:
             ts = s.checks * config.check_every + jnp.arange(config.check_every)
             lr_scale = config.lr_reduction_factor ** s.reductions.astype(jnp.float32)
-            # active rows first (stable, so in row order), padded with out-of-range indices
+            # active rows first (stable, so in row order), padded with out-of-range indices: padding
+            # reads the last row (take_rows), never moves, and its writes are dropped (put_rows)
             order = jnp.concatenate([jnp.argsort(~s.active, stable=True).astype(jnp.int32),
                                      jnp.full(padded_rows - n, n, jnp.int32)])
 
@@ -189,7 +186,8 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
                 """check_every steps on the rows order[b*block : (b+1)*block]; those not active stay."""
                 table, states, average = carry
                 rows = jax.lax.dynamic_slice_in_dim(order, b * block, block)
-                moving, x, row_lr_scale = take(s.active, rows) & (rows < n), take(data, rows), take(lr_scale, rows)
+                moving = take_rows(s.active, rows) & (rows < n)
+                x, row_lr_scale = take_rows(data, rows), take_rows(lr_scale, rows)
 
                 def one_step(carry, t):
                     q, q_states = carry
@@ -202,9 +200,9 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
                     new_q = optax.apply_updates(q, updates)
                     return (where_rows(moving, new_q, q), where_rows(moving, new_states, q_states)), elbos
 
-                (q, q_states), elbos = jax.lax.scan(one_step, (take(table, rows), take(states, rows)), ts)
-                return (put(table, rows, q), put(states, rows, q_states),
-                        put(average, rows, elbos.mean(axis=0)))
+                (q, q_states), elbos = jax.lax.scan(one_step, (take_rows(table, rows), take_rows(states, rows)), ts)
+                return (put_rows(table, rows, q), put_rows(states, rows, q_states),
+                        put_rows(average, rows, elbos.mean(axis=0)))
 
             active_blocks = -(-jnp.sum(s.active) // block)
             table, states, average = jax.lax.fori_loop(0, active_blocks, one_block,
