@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from vi_jax.distributions import sample_and_log_prob
-from vi_jax.elbo import ELBO_DRAWS_PER_STEP, ElboTerms, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import (ELBO_DRAWS_PER_STEP, ElboTerms, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints,
+                         map_draws)
 from vi_jax.families import mixture_gaussian
 
 REPLICATES = 4000
@@ -116,6 +117,21 @@ def test_elbo_rows_per_step_bounds_the_draws_per_step():
             # as many rows as fit in the budget, and never zero
             assert rows * draws <= ELBO_DRAWS_PER_STEP or rows == 1
             assert rows == max_rows or (rows + 1) * draws > ELBO_DRAWS_PER_STEP
+
+
+@pytest.mark.parametrize("draws", [1, 3])
+def test_map_draws_equals_vmap_in_value_and_gradient(tiny, draws):
+    """One draw skips the vmap (a layout matter for XLA); values and gradients must not change."""
+    z = jax.random.normal(jax.random.PRNGKey(draws), (draws, tiny.model.latent_dim))
+
+    def total(theta, over_draws):
+        return jnp.sum(over_draws(lambda z_m: tiny.model.likelihood(theta, z_m).log_prob(tiny.x), z))
+
+    value, grad = jax.value_and_grad(lambda theta: total(theta, map_draws))(tiny.theta)
+    value_vmap, grad_vmap = jax.value_and_grad(lambda theta: total(theta, lambda f, z: jax.vmap(f)(z)))(tiny.theta)
+    assert map_draws(jnp.sum, z).shape == (draws,)
+    np.testing.assert_allclose(value, value_vmap, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grad, grad_vmap)
 
 
 def test_map_datapoints_batches_agree_and_keys_ignore_n(tiny):

@@ -45,6 +45,18 @@ class IwaeTerms(NamedTuple):
     stderr: Array
 
 
+def map_draws(f: Callable[[Array], Array], z: Array) -> Array:
+    """[f(z_1), ..., f(z_M)] over the leading draw axis of z.
+
+    One draw is evaluated without vmap. A size-1 draw axis inside the vmap over a batch makes
+    XLA's CPU layout assignment transpose the decoder's gradients through (B, 1, D) arrays: the
+    amortized training step of the speed benchmark ran 7% slower with it (BENCHMARKS.md).
+    """
+    if z.shape[0] == 1:
+        return f(z[0])[None]
+    return jax.vmap(f)(z)
+
+
 def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samples: int = 1,
               kl: str = "analytic", estimator: str = "reparam"
               ) -> Callable[[Array, Params, Params, Array], ElboTerms]:
@@ -116,7 +128,7 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
                 return jnp.mean(f)
             return jnp.mean(f.reshape(num_samples, -1) @ pi)  # (1/M) sum_m sum_k pi_k f(z_mk)
 
-        log_lik = jax.vmap(lambda z_m: model.likelihood(theta, z_m).log_prob(x))(z)
+        log_lik = map_draws(lambda z_m: model.likelihood(theta, z_m).log_prob(x), z)
         reconstruction = estimate(log_lik)
         if kl == "analytic":
             kl_value = family.kl_to_prior(q_params)
@@ -235,7 +247,7 @@ def make_iwae_objective(model: LatentVariableModel, family: VariationalFamily, *
     def objective(key: Array, theta: Params, q_params: Params, x: Array) -> tuple[Array, ElboTerms]:
         q = family.distribution(q_params)
         z, log_q = jax.vmap(lambda k: sample_and_log_prob(q, k))(jax.random.split(key, num_samples))
-        log_lik = jax.vmap(lambda z_k: model.likelihood(theta, z_k).log_prob(x))(z)
+        log_lik = map_draws(lambda z_k: model.likelihood(theta, z_k).log_prob(x), z)
         log_ratio = log_q - jax.vmap(prior.log_prob)(z)
         bound = jax.nn.logsumexp(log_lik - log_ratio) - math.log(num_samples)
         reconstruction, kl_value = jnp.mean(log_lik), jnp.mean(log_ratio)
