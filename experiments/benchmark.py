@@ -23,6 +23,10 @@ through the project's real code path:
   amortized_training  build_vae(VAEConfig(latent_dim=20, encoder_hidden=(400,), decoder_hidden=(400,),
                       batch_size=128)) on the peers' synthetic binary data; whole epochs of
                       make_epoch(vae.algorithm.step, 128). Limit: gemm_peak.py's skeleton step.
+  amortized_step_anatomy  in one process, alternating: gemm_peak.py's skeleton rewritten here
+                      (11 GEMMs + SGD), the same with Adam, the whole model written out by hand
+                      (contiguous, then shuffled batches) and make_epoch: what each part of the
+                      step costs beyond the GEMMs, and ours against the hand-written step.
   local_fit           make_local_fit (diagonal Gaussian, Adam lr 1e-2, 1 sample) on N = 2000 rows,
                       a LocalFitConfig that runs exactly 500 steps, a fixed random decoder 20-400-784.
   local_fit_early_stop the default convergence rule (LocalFitConfig()) on the same problem: the
@@ -162,6 +166,114 @@ def worker_amortized(p: dict) -> dict:
             "last_loss_per_example": float(infos.loss[-1]), "max_rss_mb": _max_rss_mb()}
 
 
+ANATOMY_STAGES = ("gemms_sgd", "gemms_adam", "model_adam", "model_adam_shuffled", "vi_jax")
+
+
+def worker_amortized_anatomy(p: dict) -> dict:
+    """Where the amortized step's time goes beyond its GEMMs. In one process, alternating whole
+    scans of `steps` steps (batch 128, the peers' 784-400-(20+20) | 20-400-784 shapes):
+      gemms_sgd            the step's 11 GEMMs with their data dependencies and an SGD update
+                           (gemm_peak.py's skeleton, the benchmark's limit, rewritten here);
+      gemms_adam           the same GEMMs, updated with optax.adam;
+      model_adam           the whole model written out: biases, ReLU, one N(0, I) draw per step,
+                           the Bernoulli log-density x l - softplus(l), the closed-form KL;
+                           batches are contiguous slices of the data;
+      model_adam_shuffled  the same, batches gathered through a permutation of the rows;
+      vi_jax               make_epoch(vae.algorithm.step), the project's training path.
+    Every stage runs the same GEMMs, so each one's rate against the one before is what its
+    addition costs; vi_jax against model_adam_shuffled is what the library costs over the same
+    step written out by hand."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from vi_jax.distributions import softplus
+    from vi_jax.train import make_epoch
+    from vi_jax.vae import VAEConfig, build_vae
+
+    steps, rounds = p.get("steps", 200), p.get("rounds", 10)
+    rows = steps * BATCH
+    data = jax.device_put(jnp.asarray(synthetic_binary_data(rows, p.get("peers_dir"))))
+    batches = data.reshape(steps, BATCH, X_DIM)
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
+    weights = {"W1": 0.03 * jax.random.normal(k1, (X_DIM, H_DIM)), "Wh": 0.05 * jax.random.normal(k2, (H_DIM, 2 * Z_DIM)),
+               "W3": 0.2 * jax.random.normal(k3, (Z_DIM, H_DIM)), "W4": 0.05 * jax.random.normal(k4, (H_DIM, X_DIM))}
+    biases = {"b1": jnp.zeros(H_DIM), "bh": jnp.zeros(2 * Z_DIM), "b3": jnp.zeros(H_DIM), "b4": jnp.zeros(X_DIM)}
+    adam = optax.adam(1e-3)
+
+    def gemm_grads(w, x):
+        """Forward x W1, h Wh, z W3, h3 W4; the weight gradients and the input gradients but x's."""
+        h = x @ w["W1"]
+        head = h @ w["Wh"]
+        z = head[:, :Z_DIM]
+        h3 = z @ w["W3"]
+        g = h3 @ w["W4"] - x  # stands in for dL/dlogits
+        dh3 = g @ w["W4"].T
+        dz = dh3 @ w["W3"].T
+        dhead = jnp.concatenate([dz, dz], axis=1)
+        return {"W1": x.T @ (dhead @ w["Wh"].T), "Wh": h.T @ dhead, "W3": z.T @ dh3, "W4": h3.T @ g}
+
+    def model_loss(w, x, eps):
+        """-(1/B) sum_i [log p(x_i | z_i) - KL(q(z|x_i) || N(0, I))], z_i = mu_i + sigma_i eps_i."""
+        h = jax.nn.relu(x @ w["W1"] + w["b1"][None])
+        head = h @ w["Wh"] + w["bh"][None]
+        mean, log_scale = head[:, :Z_DIM], head[:, Z_DIM:]
+        z = mean + jnp.exp(log_scale) * eps
+        logits = jax.nn.relu(z @ w["W3"] + w["b3"][None]) @ w["W4"] + w["b4"][None]
+        log_lik = jnp.sum(x * logits - softplus(logits), axis=1)
+        kl = 0.5 * jnp.sum(mean ** 2 + jnp.exp(2 * log_scale) - 2 * log_scale - 1, axis=1)
+        return -jnp.mean(log_lik - kl)
+
+    def by_hand(stage):
+        @jax.jit
+        def scan(key, carry):
+            order = jax.random.permutation(key, rows)
+
+            def step(carry, t):
+                w, opt_state = carry
+                if stage == "model_adam_shuffled":
+                    x = jnp.take(data, jax.lax.dynamic_slice_in_dim(order, t * BATCH, BATCH), axis=0)
+                else:
+                    x = batches[t]
+                if stage == "gemms_sgd":
+                    return (jax.tree.map(lambda v, d: v - 1e-9 * d, w, gemm_grads(w, x)), opt_state), None
+                if stage == "gemms_adam":
+                    grads = gemm_grads(w, x)
+                else:
+                    eps = jax.random.normal(jax.random.fold_in(key, t), (BATCH, Z_DIM))
+                    grads = jax.grad(model_loss)(w, x, eps)
+                updates, opt_state = adam.update(grads, opt_state, w)
+                return (optax.apply_updates(w, updates), opt_state), None
+
+            return jax.lax.scan(step, carry, jnp.arange(steps))[0]
+
+        w = dict(weights) if stage.startswith("gemms") else {**weights, **biases}
+        return scan, (w, adam.init(w))
+
+    config = VAEConfig(seed=0, latent_dim=Z_DIM, encoder_hidden=(H_DIM,), decoder_hidden=(H_DIM,),
+                       batch_size=BATCH, learning_rate=1e-3)
+    vae = build_vae(config, X_DIM)
+    epoch = make_epoch(vae.algorithm.step, BATCH)
+    runners = {stage: by_hand(stage) for stage in ANATOMY_STAGES[:-1]}
+    runners["vi_jax"] = (lambda key, state: epoch(key, state, data)[0],
+                         vae.algorithm.init(jax.random.PRNGKey(0), data[0]))
+    states = {}
+    for stage, (run, state) in runners.items():  # compile and warm up
+        states[stage] = jax.block_until_ready(run(jax.random.PRNGKey(0), state))
+    rates = {stage: [] for stage in runners}
+    for r in range(rounds):
+        for stage in (ANATOMY_STAGES if r % 2 == 0 else ANATOMY_STAGES[::-1]):
+            start = time.perf_counter()
+            states[stage] = jax.block_until_ready(runners[stage][0](jax.random.PRNGKey(r + 1), states[stage]))
+            rates[stage].append(steps / (time.perf_counter() - start))
+    base = np.array(rates["gemms_sgd"])
+    per_round = {stage: np.array(v) / base for stage, v in rates.items()}
+    return {"steps_per_sec": {stage: float(np.median(v)) for stage, v in rates.items()},
+            "fraction_of_gemms_sgd": {stage: float(np.median(v)) for stage, v in per_round.items()},
+            "vi_jax_over_by_hand": float(np.median(np.array(rates["vi_jax"]) / np.array(rates["model_adam_shuffled"]))),
+            "steps": steps, "rounds": rounds, "max_rss_mb": _max_rss_mb()}
+
+
 def _local_fit_setup(p: dict, fit_config):
     import jax
     import jax.numpy as jnp
@@ -266,6 +378,7 @@ def worker_iwae(p: dict) -> dict:
 
 WORKERS: dict[str, Callable[[dict], dict]] = {
     "amortized": worker_amortized,
+    "amortized_anatomy": worker_amortized_anatomy,
     "local_fit": worker_local_fit,
     "local_fit_early_stop": worker_local_fit_early_stop,
     "iwae": worker_iwae,
@@ -490,6 +603,30 @@ def bench_amortized_training(ctx: Context) -> dict:
     }
 
 
+def bench_amortized_step_anatomy(ctx: Context) -> dict:
+    """worker_amortized_anatomy in ctx.reps processes: medians over processes of each stage's
+    in-process median rate and per-round fraction of the GEMM skeleton."""
+    mine = ours("vi_jax_and_references", "amortized_anatomy", "vi_jax_over_by_hand",
+                **({"steps": 20, "rounds": 2} if ctx.quick else {}))
+    runs, skipped = run_alternating(ctx, [mine], ctx.reps)
+    rows = summarize_runs([mine], runs, skipped)
+    records = [r for r in runs.get(mine.label, []) if "error" not in r]
+    if not records:
+        return {"rows": rows, "error": "no successful run"}
+
+    def median_stage(key: str) -> dict:
+        return {stage: float(statistics.median(r[key][stage] for r in records)) for stage in ANATOMY_STAGES}
+
+    return {"unit": "vi_jax ÷ the same step written out by hand (model_adam_shuffled), per round", "rows": rows,
+            "stages": list(ANATOMY_STAGES), "steps_per_sec": median_stage("steps_per_sec"),
+            "fraction_of_gemms_sgd": median_stage("fraction_of_gemms_sgd"),
+            "vi_jax_over_by_hand": median_of(records, "vi_jax_over_by_hand"),
+            "steps": records[0]["steps"], "rounds": records[0]["rounds"],
+            "explanation": "in one process, alternating scans: the 11 GEMMs + SGD (the skeleton limit), + Adam, "
+                           "+ the model's elementwise work and one N(0, I) draw per step, + shuffled batches, "
+                           "and the project's make_epoch; each stage runs the same GEMMs (worker_amortized_anatomy)"}
+
+
 def _limit_dps(record: dict, flops_per_datapoint: float) -> Optional[float]:
     rate = record.get("skeleton_rate_exact_gflops")
     return rate * 1e9 / flops_per_datapoint if isinstance(rate, (int, float)) else None
@@ -679,6 +816,9 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
               bench_compare_training),
     Benchmark("amortized_training", "speed", "amortized VAE training steps/s vs torch / flax / NumPyro / "
               "hand-fused scan / GEMM skeleton limit", bench_amortized_training),
+    Benchmark("amortized_step_anatomy", "speed", "where the amortized step's time goes beyond its GEMMs: "
+              "the skeleton + Adam, + the model's elementwise work, + shuffled batches, and ours against the "
+              "same step written out by hand (one process, alternating)", bench_amortized_step_anatomy),
     Benchmark("local_fit", "speed", "per-datapoint fit (N=2000, 500 Adam steps) datapoints/s vs torch / JAX "
               "peers and the GEMM-rate limit", bench_local_fit),
     Benchmark("local_fit_early_stop", "speed", "the default convergence rule: effective speed-up of "
@@ -897,6 +1037,10 @@ def _speed_table(name: str, b: dict) -> list:
     if b.get("paired_ratios"):
         lines += ["- per-round ratios (ours ÷ this, same round of the alternation): " + "; ".join(
             f"{label} {', '.join(_fmt(x, 3) for x in p['per_rep'])}" for label, p in b["paired_ratios"].items())]
+    if "stages" in b:
+        lines += ["", "| stage | steps/s | fraction of gemms_sgd |", "| --- | ---: | ---: |"]
+        lines += [f"| {stage} | {_fmt(b['steps_per_sec'][stage], 4)} | {_fmt(b['fraction_of_gemms_sgd'][stage], 3)} |"
+                  for stage in b["stages"]]
     if "n" in b and "seconds" in b and isinstance(b["seconds"], list):
         lines += ["", "| N | seconds | max RSS MB |", "| ---: | ---: | ---: |"]
         lines += [f"| {n} | {_fmt(s, 3)} | {_fmt(m, 4)} |" for n, s, m in zip(b["n"], b["seconds"], b["max_rss_mb"])]

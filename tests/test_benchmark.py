@@ -127,3 +127,13 @@ def test_quick_speed_benchmark_of_our_code_path(tmp_path):
     assert {t["target"] for t in bench["targets"]} >= {">= 3.5x torch eager"}
     assert report["environment"]["backend"] and report["machine"]["cpu_count"]
     assert os.path.exists(workdir / "benchmark.md")
+
+
+def test_amortized_anatomy_worker_runs_every_stage():
+    """The anatomy worker at tiny size, in-process: every stage measured, fractions against the
+    GEMM skeleton from the same rounds (structure only; no timing assertions)."""
+    record = benchmark.worker_amortized_anatomy({"steps": 4, "rounds": 2, "peers_dir": None})
+    assert set(record["steps_per_sec"]) == set(benchmark.ANATOMY_STAGES)
+    assert all(rate > 0 for rate in record["steps_per_sec"].values())
+    assert record["fraction_of_gemms_sgd"]["gemms_sgd"] == 1.0
+    assert record["vi_jax_over_by_hand"] > 0 and record["rounds"] == 2
