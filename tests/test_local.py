@@ -85,8 +85,9 @@ def test_local_fit_beats_the_encoder_and_converged_rows_stop(trained):
 
 @pytest.mark.xdist_group("trained")
 def test_fitting_in_blocks_of_active_rows_changes_no_row(trained):
-    """Blocks of 7 of the 40 rows (the last one padded; converged rows leave the blocks at
-    different checks, so later blocks mix rows afresh) against one block of 40: every row takes
+    """Blocks of 7 of the 40 rows (a wide block of 4 x 7 while 28 or more rows are active, the
+    rest in blocks of 7, the last one padded; converged rows leave the blocks at different
+    checks, so later blocks mix rows afresh) against one block of 40: every row takes
     the same steps to the same place. Parameters may differ by float32 rounding, because a
     7-row GEMM may round differently from a 40-row one (measured: 6e-8). A row fitted among 28
     rows ends where it does among all 40 (measured: exactly; checked to the same tolerance)."""
