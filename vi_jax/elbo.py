@@ -50,7 +50,7 @@ def map_draws(f: Callable[[Array], Array], z: Array) -> Array:
 
     One draw is evaluated without vmap. A size-1 draw axis inside the vmap over a batch makes
     XLA's CPU layout assignment transpose the decoder's gradients through (B, 1, D) arrays: the
-    amortized training step of the speed benchmark ran 7% slower with it (BENCHMARKS.md).
+    amortized training step of the speed benchmark ran 5% slower with it (BENCHMARKS.md).
     """
     if z.shape[0] == 1:
         return f(z[0])[None]
