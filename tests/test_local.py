@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from vi_jax import local
 from vi_jax.elbo import make_elbo, map_datapoints
 from vi_jax.local import (LocalFitConfig, make_local_fit, make_refine, row_optimizer, take_rows,
                           tile_rows)
@@ -84,17 +85,22 @@ def test_local_fit_beats_the_encoder_and_converged_rows_stop(trained):
 
 
 @pytest.mark.xdist_group("trained")
-def test_fitting_in_blocks_of_active_rows_changes_no_row(trained):
-    """Blocks of 7 of the 40 rows (a wide block of 4 x 7 while 28 or more rows are active, the
-    rest in blocks of 7, the last one padded; converged rows leave the blocks at different
-    checks, so later blocks mix rows afresh) against one block of 40: every row takes
-    the same steps to the same place. Parameters may differ by float32 rounding, because a
-    7-row GEMM may round differently from a 40-row one (measured: 6e-8). A row fitted among 28
-    rows ends where it does among all 40 (measured: exactly; checked to the same tolerance)."""
+def test_fitting_in_blocks_of_active_rows_changes_no_row(trained, monkeypatch):
+    """The CPU default with blocks of 7 and two cores: a wide block of 4 x 7 rows while 28 or
+    more rows are active, the rest in blocks of 7 (the last one padded; converged rows leave the
+    blocks at different checks, so later blocks mix rows afresh), against one block of 40: every
+    row takes the same steps to the same place. Parameters may differ by float32 rounding,
+    because a 7-row GEMM may round differently from a 40-row one (measured: 6e-8). A row fitted
+    among 28 rows ends where it does among all 40 (measured: exactly; checked to the same
+    tolerance)."""
+    monkeypatch.setattr(local, "CPU_BLOCK_ROWS", 7)
+    monkeypatch.setattr(local, "usable_cores", lambda: 2)
+    assert local.rows_per_wide_block(FIT, 40) == 28
+    assert local.rows_per_wide_block(dataclasses.replace(FIT, block_rows=7), 40) == 7  # a set bound holds
     vae, params, x = trained
     encoder_q = vae.encode(params["encoder"], x)
     config = dataclasses.replace(FIT, lr_reductions=1)
-    blocked = jax.jit(make_local_fit(vae.model, vae.family, dataclasses.replace(config, block_rows=7)))
+    blocked = jax.jit(make_local_fit(vae.model, vae.family, config))
     whole = jax.jit(make_local_fit(vae.model, vae.family, dataclasses.replace(config, block_rows=40)))(
         jax.random.PRNGKey(0), params["decoder"], encoder_q, x)
     every = blocked(jax.random.PRNGKey(0), params["decoder"], encoder_q, x)

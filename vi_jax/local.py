@@ -14,6 +14,7 @@ stop moving and stop being computed.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -93,9 +94,9 @@ class LocalFitConfig:
     # Rows are fitted in blocks of at most block_rows, active rows first; blocks with no active
     # row are skipped, so converged rows stop costing time. 0: the backend's default
     # (CPU_BLOCK_ROWS on CPU; on GPU/TPU all rows in one block, since a step there costs about
-    # the same for any number of rows). While at least WIDE_BLOCK_FACTOR blocks' worth of rows
-    # are active, they run WIDE_BLOCK_FACTOR blocks at a time. A row's result does not depend on
-    # which rows share its block; between block sizes it may differ by float rounding (GEMM shapes).
+    # the same for any number of rows); with it and several CPU cores, while many rows are
+    # active, they run several blocks at a time (rows_per_wide_block). A row's result does not
+    # depend on which rows share its block; between block sizes it may differ by float rounding.
     block_rows: int = 0
 
     def __post_init__(self):
@@ -106,11 +107,28 @@ class LocalFitConfig:
 # On CPU, blocks of <= 128 rows fit the default convergence rule's N = 500 benchmark about 1.3x
 # faster than one block of all rows (BENCHMARKS.md): few rows are left in the long tail.
 CPU_BLOCK_ROWS = 128
-# While many rows are active, WIDE_BLOCK_FACTOR blocks run as one: a step of the benchmark's
-# 784-pixel decoder costs less per row over 500 rows than over 125 (GEMM efficiency) or over
-# 2000 (cache). The 500-step N = 2000 fit ran 1.13x faster, the N = 500 early-stop fit 1.08x
-# (BENCHMARKS.md). A wide block only ever holds active rows; the remainder runs in blocks.
+# XLA's CPU thread pool has a thread per core the process may run on, and a step over 125 rows
+# splits poorly across them: with 2 threads, fixed-step fits ran 1.13x (the benchmark's
+# 20-400-784 decoder, N = 2000) and 1.33x (50-200-200-784 ELU, N = 1000) faster in blocks of
+# 4 x 125 rows than of 125 (2000 rows at once: slower again, cache). On one core the wider
+# blocks cost 1-6%, so they are used only with several cores, and never when block_rows is set
+# (a bound on memory) (BENCHMARKS.md).
 WIDE_BLOCK_FACTOR = 4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def rows_per_wide_block(config: LocalFitConfig, num_rows: int) -> int:
+    """While at least this many rows are active, they run this many at a time: WIDE_BLOCK_FACTOR
+    blocks with the CPU default block size (block_rows = 0) and several cores, else one block
+    (no wide blocks)."""
+    block = rows_per_block(config, num_rows)
+    if config.block_rows == 0 and jax.default_backend() == "cpu" and usable_cores() > 1:
+        return WIDE_BLOCK_FACTOR * block
+    return block
 
 
 def rows_per_block(config: LocalFitConfig, num_rows: int) -> int:
@@ -177,7 +195,7 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
     def advance(key: Array, theta: Params, state: LocalFitState, data: Array, until_check) -> LocalFitState:
         n = data.shape[0]
         block = rows_per_block(config, n)
-        wide = WIDE_BLOCK_FACTOR * block
+        wide = rows_per_wide_block(config, n)
         padded_rows = -(-n // block) * block
 
         def check(s: LocalFitState) -> LocalFitState:
@@ -217,7 +235,7 @@ def make_local_fitter(model: LatentVariableModel, family: VariationalFamily, con
             active_rows = jnp.sum(s.active)
             carry = (s.table, s.opt_states, jnp.full(n, -jnp.inf))
             done = 0  # active rows fitted in wide blocks, which only ever hold active rows
-            if wide <= n:
+            if block < wide <= n:
                 carry = blocks_of(wide, 0, active_rows // wide, carry)
                 done = active_rows // wide * wide
             table, states, average = blocks_of(block, done, -(-(active_rows - done) // block), carry)
