@@ -869,7 +869,7 @@ def flatten_figures(obj: Any, prefix: str = "") -> dict:
     return out
 
 
-CONDITION_KEYS = ("backend", "devices", "cpu_model", "jax", "jaxlib", "seed", "config")
+CONDITION_KEYS = ("backend", "devices", "cpu_model", "usable_cores", "jax", "jaxlib", "seed", "config")
 
 
 def run_conditions(bench: dict) -> dict:
@@ -877,7 +877,7 @@ def run_conditions(bench: dict) -> dict:
     env = bench.get("environment") or {}
     versions = env.get("versions") or {}
     return {"backend": env.get("backend"), "devices": env.get("devices"), "cpu_model": bench.get("cpu_model"),
-            "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "seed": bench.get("seed"),
+            "usable_cores": bench.get("usable_cores"), "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "seed": bench.get("seed"),
             "config": bench.get("config")}
 
 
@@ -885,7 +885,7 @@ def compare_figures(reference: dict, current: dict, *, identical: bool, sigmas: 
     """One row per figure path in either result: status "unchanged", "moved", "missing" (in the
     reference, not in the current run) or "new".
 
-    identical=True (same backend, device, CPU, jax/jaxlib, seed and config): any difference in
+    identical=True (same backend, device, CPU, usable cores, jax/jaxlib, seed and config): any difference in
     a mean, a standard error or a count is a move. identical=False: a figure moved when
     |mean_cur - mean_ref| > sigmas * sqrt(se_ref^2 + se_cur^2); counts and figures without a
     finite standard error are not compared statistically (status "unchecked").
@@ -993,7 +993,9 @@ def machine() -> dict:
             mem = round(int(mem) / 1024 / 1024, 1)
     except (OSError, IndexError, ValueError):
         pass
-    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "memory_gib": mem,
+    from vi_jax.local import usable_cores  # the local fit's block layout depends on it
+
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "memory_gib": mem,
             "platform": platform.platform(), "load_average": list(os.getloadavg())}
 
 
@@ -1166,7 +1168,7 @@ def run_suite(ctx: Context, benchmarks: list, command: str) -> dict:
             out = {"error": f"{type(err).__name__}: {err}"}
         out.update(kind=bench.kind, description=bench.description,
                    benchmark_wall_s=round(time.perf_counter() - start, 1), cpu_model=report["machine"]["cpu_model"],
-                   load_before=load_before, load_after=list(os.getloadavg()))
+                   usable_cores=report["machine"]["usable_cores"], load_before=load_before, load_after=list(os.getloadavg()))
         report["benchmarks"][bench.name] = out
         report["load_after"] = list(os.getloadavg())
         io.atomic_write_json(os.path.join(ctx.workdir, "benchmark.json"), _finite(report))

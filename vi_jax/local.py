@@ -96,7 +96,8 @@ class LocalFitConfig:
     # (CPU_BLOCK_ROWS on CPU; on GPU/TPU all rows in one block, since a step there costs about
     # the same for any number of rows); with it and several CPU cores, while many rows are
     # active, they run several blocks at a time (rows_per_wide_block). A row's result does not
-    # depend on which rows share its block; between block sizes it may differ by float rounding.
+    # depend on which rows share its block; between block sizes (so also between one core and
+    # several) it may differ by float rounding.
     block_rows: int = 0
 
     def __post_init__(self):
@@ -121,6 +122,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def rows_per_block(config: LocalFitConfig, num_rows: int) -> int:
+    """The block size a fit of num_rows rows uses: at most config.block_rows (or the backend's
+    default), with the blocks as equal as possible, so that little padding is computed while
+    every row is active (N = 2000: 16 blocks of 125, not 15 of 128 and one of 80 padded to 128)."""
+    most = config.block_rows or (CPU_BLOCK_ROWS if jax.default_backend() == "cpu" else num_rows)
+    blocks = -(-num_rows // most)
+    return -(-num_rows // blocks)
+
+
 def rows_per_wide_block(config: LocalFitConfig, num_rows: int) -> int:
     """While at least this many rows are active, they run this many at a time: WIDE_BLOCK_FACTOR
     blocks with the CPU default block size (block_rows = 0) and several cores, else one block
@@ -129,15 +139,6 @@ def rows_per_wide_block(config: LocalFitConfig, num_rows: int) -> int:
     if config.block_rows == 0 and jax.default_backend() == "cpu" and usable_cores() > 1:
         return WIDE_BLOCK_FACTOR * block
     return block
-
-
-def rows_per_block(config: LocalFitConfig, num_rows: int) -> int:
-    """The block size a fit of num_rows rows uses: at most config.block_rows (or the backend's
-    default), with the blocks as equal as possible, so that little padding is computed while
-    every row is active (N = 2000: 16 blocks of 125, not 15 of 128 and one of 80 padded to 128)."""
-    most = config.block_rows or (CPU_BLOCK_ROWS if jax.default_backend() == "cpu" else num_rows)
-    blocks = -(-num_rows // most)
-    return -(-num_rows // blocks)
 
 
 class LocalFit(NamedTuple):
