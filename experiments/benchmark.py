@@ -877,7 +877,7 @@ def run_conditions(bench: dict) -> dict:
     env = bench.get("environment") or {}
     versions = env.get("versions") or {}
     return {"backend": env.get("backend"), "devices": env.get("devices"), "cpu_model": bench.get("cpu_model"),
-            "usable_cores": bench.get("usable_cores"), "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "seed": bench.get("seed"),
+            "usable_cores": env.get("usable_cores"), "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "seed": bench.get("seed"),
             "config": bench.get("config")}
 
 
@@ -1168,7 +1168,7 @@ def run_suite(ctx: Context, benchmarks: list, command: str) -> dict:
             out = {"error": f"{type(err).__name__}: {err}"}
         out.update(kind=bench.kind, description=bench.description,
                    benchmark_wall_s=round(time.perf_counter() - start, 1), cpu_model=report["machine"]["cpu_model"],
-                   usable_cores=report["machine"]["usable_cores"], load_before=load_before, load_after=list(os.getloadavg()))
+                   load_before=load_before, load_after=list(os.getloadavg()))
         report["benchmarks"][bench.name] = out
         report["load_after"] = list(os.getloadavg())
         io.atomic_write_json(os.path.join(ctx.workdir, "benchmark.json"), _finite(report))

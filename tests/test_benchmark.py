@@ -86,7 +86,7 @@ def test_check_different_backend_uses_combined_standard_errors():
     seed = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), seed=1)})
     assert seed["ok"] and seed["benchmarks"]["gap"]["differs"] == ["seed"]
     # so does another number of usable cores (the local fit's blocks depend on it)
-    cores = benchmark.compare_benchmarks(ref, {"gap": dict(result_bench(figures(gap=2.25)), usable_cores=8)})
+    cores = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), env=dict(ENV, usable_cores=8))})
     assert cores["ok"] and cores["benchmarks"]["gap"]["differs"] == ["usable_cores"]
 
 

@@ -8,6 +8,8 @@ import subprocess
 
 import jax
 
+from vi_jax.local import usable_cores
+
 PACKAGES = ("vi-jax", "jax", "jaxlib", "flax", "optax", "distrax", "chex", "blackjax", "numpy",
             "scikit-learn", "tensorflow-datasets", "matplotlib")
 
@@ -30,7 +32,7 @@ def _git_commit() -> str | None:
 
 
 def environment() -> dict:
-    """Versions, git commit, Python, platform and the JAX devices in use."""
+    """Versions, git commit, Python, platform, the cores this process may use and the JAX devices."""
     devices = jax.devices()
     return {
         "versions": {name: _version(name) for name in PACKAGES},
@@ -38,6 +40,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
         "backend": jax.default_backend(),
         "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
     }
