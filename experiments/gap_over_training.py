@@ -20,11 +20,11 @@ over datapoints; local-fit convergence per epoch; the training history; seed, co
 environment, wall seconds), gap_over_training.md (tables) and gap_over_training.png (the three
 gaps against epoch, train and test panels).
 
-Expected with the defaults (seed 0, CPU; 86 s of CPU time, 335 s wall on a shared 2-core machine
-under load): over epochs 25 -> 200 the test split's amortization gap grows from 0.65 +- 0.06 to
-0.96 +- 0.11 nats (the encoder overfits the 1497 training digits) while the training split's stays
-at 0.45 +- 0.04 -> 0.42 +- 0.04; the FFG approximation gap grows on both (train 0.41 -> 0.71, test
-0.51 -> 0.90) as the decoder's posteriors become less Gaussian.
+Expected with the defaults (seed 0, CPU; 77 s wall on 2 cores shared with another run): over
+epochs 25 -> 200 the test split's amortization gap grows from 0.65 +- 0.06 to 0.96 +- 0.11 nats
+(the encoder overfits the 1497 training digits) while the training split's stays at
+0.45 +- 0.04 -> 0.41 +- 0.03; the FFG approximation gap grows on both (train 0.41 -> 0.71, test
+0.51 -> 0.89) as the decoder's posteriors become less Gaussian.
 """
 from __future__ import annotations
 
