@@ -993,7 +993,7 @@ def machine() -> dict:
             mem = round(int(mem) / 1024 / 1024, 1)
     except (OSError, IndexError, ValueError):
         pass
-    from vi_jax.local import usable_cores  # the local fit's block layout depends on it
+    from vi_jax.provenance import usable_cores  # the local fit's block layout depends on it
 
     return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "memory_gib": mem,
             "platform": platform.platform(), "load_average": list(os.getloadavg())}

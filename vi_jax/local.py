@@ -14,7 +14,6 @@ stop moving and stop being computed.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -24,6 +23,7 @@ import optax
 from vi_jax.elbo import make_elbo
 from vi_jax.families import VariationalFamily
 from vi_jax.models import LatentVariableModel
+from vi_jax.provenance import usable_cores
 
 Array = jax.Array
 Params = Any
@@ -115,11 +115,6 @@ CPU_BLOCK_ROWS = 128
 # blocks cost 1-6%, so they are used only with several cores, and never when block_rows is set
 # (a bound on memory) (BENCHMARKS.md).
 WIDE_BLOCK_FACTOR = 4
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def rows_per_block(config: LocalFitConfig, num_rows: int) -> int:

@@ -8,8 +8,6 @@ import subprocess
 
 import jax
 
-from vi_jax.local import usable_cores
-
 PACKAGES = ("vi-jax", "jax", "jaxlib", "flax", "optax", "distrax", "chex", "blackjax", "numpy",
             "scikit-learn", "tensorflow-datasets", "matplotlib")
 
@@ -29,6 +27,12 @@ def _git_commit() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one): the size of
+    XLA's CPU thread pool, on which the local fit's block layout depends."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def environment() -> dict:
