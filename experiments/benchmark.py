@@ -128,19 +128,26 @@ def _peers_decoder_model():
     return model, model.init(jax.random.PRNGKey(0)), diagonal_gaussian(Z_DIM)
 
 
+def _peers_vae():
+    """(config, VAE): the peers' 784-400-(20+20) | 20-400-784 Bernoulli VAE, batch 128, Adam 1e-3,
+    as the project builds it."""
+    from vi_jax.vae import VAEConfig, build_vae
+
+    config = VAEConfig(seed=0, latent_dim=Z_DIM, encoder_hidden=(H_DIM,), decoder_hidden=(H_DIM,),
+                       batch_size=BATCH, learning_rate=1e-3)
+    return config, build_vae(config, X_DIM)
+
+
 def worker_amortized(p: dict) -> dict:
     """Whole epochs of the project's amortized training (make_epoch over vae.algorithm.step)."""
     import jax
     import jax.numpy as jnp
 
     from vi_jax.train import make_epoch
-    from vi_jax.vae import VAEConfig, build_vae
 
     rows = p.get("rows", 60000)
-    config = VAEConfig(seed=0, latent_dim=Z_DIM, encoder_hidden=(H_DIM,), decoder_hidden=(H_DIM,),
-                       batch_size=BATCH, learning_rate=1e-3)
     data = jax.device_put(jnp.asarray(synthetic_binary_data(rows, p.get("peers_dir"))))
-    vae = build_vae(config, X_DIM)
+    config, vae = _peers_vae()
     root = jax.random.PRNGKey(config.seed)
     state = vae.algorithm.init(jax.random.fold_in(root, 0), data[0])
     epoch = make_epoch(vae.algorithm.step, config.batch_size)
@@ -189,7 +196,6 @@ def worker_amortized_anatomy(p: dict) -> dict:
 
     from vi_jax.distributions import softplus
     from vi_jax.train import make_epoch
-    from vi_jax.vae import VAEConfig, build_vae
 
     steps, rounds = p.get("steps", 200), p.get("rounds", 10)
     rows = steps * BATCH
@@ -250,9 +256,7 @@ def worker_amortized_anatomy(p: dict) -> dict:
         w = dict(weights) if stage.startswith("gemms") else {**weights, **biases}
         return scan, (w, adam.init(w))
 
-    config = VAEConfig(seed=0, latent_dim=Z_DIM, encoder_hidden=(H_DIM,), decoder_hidden=(H_DIM,),
-                       batch_size=BATCH, learning_rate=1e-3)
-    vae = build_vae(config, X_DIM)
+    _, vae = _peers_vae()
     epoch = make_epoch(vae.algorithm.step, BATCH)
     runners = {stage: by_hand(stage) for stage in ANATOMY_STAGES[:-1]}
     runners["vi_jax"] = (lambda key, state: epoch(key, state, data)[0],
@@ -877,8 +881,8 @@ def run_conditions(bench: dict) -> dict:
     env = bench.get("environment") or {}
     versions = env.get("versions") or {}
     return {"backend": env.get("backend"), "devices": env.get("devices"), "cpu_model": bench.get("cpu_model"),
-            "usable_cores": env.get("usable_cores"), "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "seed": bench.get("seed"),
-            "config": bench.get("config")}
+            "usable_cores": env.get("usable_cores"), "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"),
+            "seed": bench.get("seed"), "config": bench.get("config")}
 
 
 def compare_figures(reference: dict, current: dict, *, identical: bool, sigmas: float = 2.0) -> list:
