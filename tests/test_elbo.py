@@ -175,7 +175,8 @@ def quadrature_elbo_terms(tiny, family, q_params, box=7.0, points=141):
     log_lik = jax.vmap(lambda z_g: tiny.model.likelihood(tiny.theta, z_g).log_prob(tiny.x))(z)
     reconstruction = jnp.sum(weight * log_lik)
     kl = jnp.sum(weight * (log_q - jax.vmap(tiny.model.prior().log_prob)(z)))
-    return ElboTerms(reconstruction - kl, reconstruction, kl), jnp.sum(weight)
+    entropy = -jnp.sum(weight * log_q)
+    return ElboTerms(reconstruction - kl, reconstruction, kl, entropy), jnp.sum(weight)
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ IWAE_COMMON = dict(latent_dim=50, encoder_hidden=(200, 200), decoder_hidden=(200
                    num_epochs=3280, final_iwae_samples=5000, kl_warmup_epochs=0, mode="amortized")
 CREMER_COMMON = dict(dataset="binarized_mnist", latent_dim=50, encoder_hidden=(200, 200),
                      decoder_hidden=(200, 200), activation="elu", likelihood="bernoulli", objective="elbo",
-                     num_samples=1, batch_size=50, adam_eps=1e-8, num_epochs=3280, kl_warmup_epochs=100,
-                     final_iwae_samples=5000, mode="amortized")
+                     num_samples=1, batch_size=100, adam_eps=1e-4, num_epochs=3280, kl_warmup_epochs=400,
+                     warmup_term="entropy", final_iwae_samples=5000, mode="amortized")
 
 EXPECTED = {
     "iwae_k1": dict(IWAE_COMMON, num_samples=1, dataset="binarized_mnist", dynamic_binarization=False),
@@ -87,7 +87,7 @@ def test_epochs_scale_shortens_every_stage():
     config = get_preset("cremer_ffg").vae
     short = scale_epochs(config, 0.01)
     assert short.stage_epochs == (1, 1, 1, 1, 1, 2, 7, 22)
-    assert short.num_epochs == 36 and short.kl_warmup_epochs == 1
+    assert short.num_epochs == 36 and short.kl_warmup_epochs == 4  # ceil(0.01 * 400)
     assert short.stage_learning_rates == config.stage_learning_rates
     short.validate()
     assert scale_epochs(config, 1.0) == config

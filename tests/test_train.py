@@ -90,6 +90,40 @@ def test_kl_warmup_changes_the_objective_not_the_reported_elbo(digits):
     np.testing.assert_allclose(info.elbo, info.reconstruction - info.kl, rtol=1e-6)
 
 
+def test_entropy_warmup_weighs_only_the_entropy():
+    """warmed_up(.., "entropy") = E_q[log p(x|z) + log p(z)] + beta H(q): against the closed
+    forms H(N(mu, s^2)) = sum_j log s_j + d/2 log(2 pi e) and E_q log N(z; 0, I) =
+    -1/2 sum_j (mu_j^2 + s_j^2) - d/2 log(2 pi), for the analytic and the Monte-Carlo form."""
+    from vi_jax.families import get_family
+    from vi_jax.oracles import linear_gaussian
+    from vi_jax.train import warmed_up
+
+    d = 3
+    family = get_family("gaussian", d)
+    model = linear_gaussian(jnp.eye(4, d), jnp.zeros(4), jnp.full(4, -0.5))
+    q = {"mean": jnp.array([0.3, -1.0, 0.5]), "log_scale": jnp.array([-0.2, 0.1, -0.7])}
+    s2 = jnp.exp(2 * q["log_scale"])
+    entropy = float(jnp.sum(q["log_scale"]) + 0.5 * d * np.log(2 * np.pi * np.e))
+    cross = float(-0.5 * jnp.sum(q["mean"] ** 2 + s2) - 0.5 * d * np.log(2 * np.pi))
+    x = jnp.array([0.2, -0.4, 1.0, 0.0])
+    for kl, m, tol in (("analytic", 1, 1e-5), ("mc", 20000, None)):
+        terms = make_elbo(model, family, num_samples=m, kl=kl)(jax.random.PRNGKey(0), model.init(None), q, x)
+        if tol is None:  # 4 Monte-Carlo standard errors of the mean of -log q(z): sd(log q) = sqrt(d/2)
+            tol = 4 * np.sqrt(d / 2 / m)
+        np.testing.assert_allclose(float(terms.entropy), entropy, atol=tol)
+        for beta in (0.0, 0.3, 1.0):
+            expected = float(terms.reconstruction) + cross + beta * entropy
+            np.testing.assert_allclose(float(warmed_up(terms, jnp.array(beta), "entropy")), expected,
+                                       atol=tol + (2 * tol if kl == "mc" else 0))
+        np.testing.assert_allclose(float(warmed_up(terms, jnp.array(1.0), "entropy")), float(terms.elbo),
+                                   rtol=1e-6)
+
+
+def test_unknown_warmup_term_is_named():
+    with pytest.raises(ValueError, match="unknown warmup_term 'kld'"):
+        dataclasses.replace(SMALL, warmup_term="kld").validate()
+
+
 def test_first_nonfinite_finds_the_step():
     values = jnp.array([1.0, 2.0, jnp.nan, jnp.inf])
     info = TrainInfo(values, values, values, values, values)

@@ -30,6 +30,9 @@ class ElboTerms(NamedTuple):
     elbo: Array
     reconstruction: Array  # (1/M) sum_m log p(x | z_m)
     kl: Array  # KL(q || p(z)): closed form, or (1/M) sum_m [log q(z_m) - log p(z_m)]
+    # H(q): closed form beside the closed-form KL, else -(1/M) sum_m log q(z_m); None where an
+    # estimator has none (the entropy warm-up of vi_jax.train needs it)
+    entropy: Optional[Array] = None
 
 
 class IwaeTerms(NamedTuple):
@@ -132,9 +135,11 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
         reconstruction = estimate(log_lik)
         if kl == "analytic":
             kl_value = family.kl_to_prior(q_params)
+            entropy = q.entropy()
         else:
             kl_value = -estimate(jax.vmap(prior.log_prob)(z) - log_q)
-        return ElboTerms(reconstruction - kl_value, reconstruction, kl_value)
+            entropy = -estimate(log_q)
+        return ElboTerms(reconstruction - kl_value, reconstruction, kl_value, entropy)
 
     return elbo
 

@@ -37,7 +37,7 @@ class TrainState(NamedTuple):
 class TrainInfo(NamedTuple):
     """Minibatch means (nats per datapoint) of the step's objective and its parts."""
 
-    loss: Array  # -(reconstruction - kl_weight * kl)
+    loss: Array  # -warmed_up(terms, kl_weight, warmup_term)
     elbo: Array
     reconstruction: Array
     kl: Array
@@ -54,6 +54,26 @@ def kl_weight(step: Array, warmup_steps: int) -> Array:
     if warmup_steps <= 0:
         return jnp.array(1.0)
     return jnp.minimum(1.0, (step + 1) / warmup_steps)
+
+
+WARMUP_TERMS = ("kl", "entropy")
+
+
+def warmed_up(terms, beta: Array, warmup_term: str) -> Array:
+    """The per-datapoint objective during warm-up (beta = 1: the ELBO).
+
+    "kl": E_q[log p(x|z)] - beta KL(q || p(z)). "entropy": E_q[log p(x|z) + log p(z)] + beta H(q)
+    = ELBO - (1 - beta) H(q), the warm-up of Cremer et al.'s code (lxuechen/inference-suboptimality
+    vae.py, `logpx + logpz - warmup_const * logqz`; chriscremer/Inference-Suboptimality likewise).
+    """
+    if warmup_term == "kl":
+        return terms.reconstruction - beta * terms.kl
+    return terms.elbo - (1.0 - beta) * terms.entropy
+
+
+def _check_warmup_term(warmup_term: str) -> None:
+    if warmup_term not in WARMUP_TERMS:
+        raise ValueError(f"unknown warmup_term {warmup_term!r}; known: {WARMUP_TERMS}")
 
 
 def _encoder_decoder_init(model: LatentVariableModel, encoder: nn.Module,
@@ -85,11 +105,12 @@ OBJECTIVES = ("elbo", "iwae")
 def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder: nn.Module,
                  optimizer: optax.GradientTransformation, *, num_samples: int = 1,
                  kl: str = "analytic", kl_warmup_steps: int = 0, objective: str = "elbo",
-                 estimator: str = "reparam") -> Algorithm:
+                 estimator: str = "reparam", warmup_term: str = "kl") -> Algorithm:
     """Jointly maximise (1/B) sum_i L(x_i; q_phi(z|x_i), theta) over encoder phi and decoder theta.
 
     q_phi(z|x) = family.distribution(family.unflatten(encoder(x))). objective="elbo": L is the
-    ELBO with `num_samples` draws; during KL warm-up the objective is E_q[log p(x|z)] - beta_t KL.
+    ELBO with `num_samples` draws; during warm-up the objective is `warmed_up(terms, beta_t,
+    warmup_term)`.
     objective="iwae": L is the IWAE bound L_K with K = num_samples (Burda et al. 2015; no
     warm-up). The logged `elbo` is always the ELBO (for "iwae": estimated from the same K draws).
     estimator: how the ELBO's gradient w.r.t. the encoder is estimated (vi_jax.elbo.make_elbo:
@@ -97,6 +118,7 @@ def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder:
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown training objective {objective!r}; known: {OBJECTIVES}")
+    _check_warmup_term(warmup_term)
     if objective == "iwae" and (kl_warmup_steps > 0 or estimator != "reparam"):
         raise ValueError("objective='iwae' takes no KL warm-up and only the reparameterized estimator")
     if objective == "iwae":
@@ -111,7 +133,7 @@ def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder:
                 bound, terms = iwae_fn(k, params["decoder"], q_params, x)
                 return -bound, terms
             terms = elbo_fn(k, params["decoder"], q_params, x)
-            return -(terms.reconstruction - beta * terms.kl), terms
+            return -warmed_up(terms, beta, warmup_term), terms
 
         keys = jax.random.split(key, batch.shape[0])
         losses, terms = jax.tree.map(jnp.mean, jax.vmap(per_datapoint)(keys, batch))
@@ -184,7 +206,8 @@ def make_epoch(step: Callable, batch_size: int) -> Callable:
 def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_rows: int,
                      optimizer: optax.GradientTransformation,
                      local_optimizer: optax.GradientTransformation, *, num_samples: int = 1,
-                     kl: str = "analytic", kl_warmup_steps: int = 0, estimator: str = "reparam") -> Algorithm:
+                     kl: str = "analytic", kl_warmup_steps: int = 0, estimator: str = "reparam",
+                     warmup_term: str = "kl") -> Algorithm:
     """The seeds' non-amortized algorithm: one q_i per training datapoint, |theta| + N |lambda_i|.
 
     Each step takes a minibatch of (row indices i, x_i), updates theta with the gradient of
@@ -192,6 +215,7 @@ def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_
     through a per-row optimizer (rows outside the batch and their optimizer states do not move).
     The table starts at the prior; theta starts where amortized_vi's decoder does for the same key.
     """
+    _check_warmup_term(warmup_term)
     elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl, estimator=estimator)
     rows_opt = row_optimizer(local_optimizer)
 
@@ -205,7 +229,7 @@ def non_amortized_vi(model: LatentVariableModel, family: VariationalFamily, num_
     def objective(theta, q_rows, key, x, beta):
         keys = jax.random.split(key, x.shape[0])
         terms = jax.vmap(elbo_fn, (0, None, 0, 0))(keys, theta, q_rows, x)
-        per_point = terms.reconstruction - beta * terms.kl
+        per_point = warmed_up(terms, beta, warmup_term)
         terms = jax.tree.map(jnp.mean, terms)
         # sum over the batch: d/d lambda_i is the per-datapoint gradient of L_i
         return -jnp.sum(per_point), TrainInfo(-jnp.mean(per_point), terms.elbo, terms.reconstruction,
@@ -231,7 +255,7 @@ def semi_amortized_vi(model: LatentVariableModel, family: VariationalFamily, enc
                       optimizer: optax.GradientTransformation, *, refine_steps: int,
                       refine_optimizer: optax.GradientTransformation, differentiate: bool = False,
                       num_samples: int = 1, kl: str = "analytic", kl_warmup_steps: int = 0,
-                      estimator: str = "reparam") -> Algorithm:
+                      estimator: str = "reparam", warmup_term: str = "kl") -> Algorithm:
     """Semi-amortized VI (Kim et al. 2018): lambda_0 = encoder(x), lambda_K = K per-datapoint
     refinement steps from lambda_0 on the ELBO (with theta held fixed inside the refinement).
 
@@ -240,6 +264,7 @@ def semi_amortized_vi(model: LatentVariableModel, family: VariationalFamily, enc
     differentiate=True: the encoder maximises L(x; lambda_K(phi)), backpropagating through the
     K refinement steps. The logged `elbo` is L(x; lambda_K).
     """
+    _check_warmup_term(warmup_term)
     elbo_fn = make_elbo(model, family, num_samples=num_samples, kl=kl, estimator=estimator)
     refine = make_refine(model, family, refine_optimizer, num_samples=num_samples, kl=kl, estimator=estimator)
 
@@ -251,11 +276,11 @@ def semi_amortized_vi(model: LatentVariableModel, family: VariationalFamily, enc
         q_k = refine(refine_key, theta_fixed, start, batch, refine_steps)
         keys = jax.random.split(key_k, batch.shape[0])
         terms = jax.tree.map(jnp.mean, jax.vmap(elbo_fn, (0, None, 0, 0))(keys, theta, q_k, batch))
-        loss = -(terms.reconstruction - beta * terms.kl)
+        loss = -warmed_up(terms, beta, warmup_term)
         if not differentiate:
             keys = jax.random.split(key_0, batch.shape[0])
             enc = jax.tree.map(jnp.mean, jax.vmap(elbo_fn, (0, None, 0, 0))(keys, theta_fixed, q0, batch))
-            loss = loss - (enc.reconstruction - beta * enc.kl)
+            loss = loss - warmed_up(enc, beta, warmup_term)
         return loss, TrainInfo(loss, terms.elbo, terms.reconstruction, terms.kl, beta)
 
     return Algorithm(_encoder_decoder_init(model, encoder, optimizer),

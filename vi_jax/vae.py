@@ -22,7 +22,7 @@ from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
 from vi_jax.models import LatentVariableModel, decoder_model
-from vi_jax.train import (OBJECTIVES, Algorithm, TrainState, amortized_vi, dynamically_binarized,
+from vi_jax.train import (OBJECTIVES, WARMUP_TERMS, Algorithm, TrainState, amortized_vi, dynamically_binarized,
                           first_nonfinite, make_epoch, non_amortized_vi, semi_amortized_vi,
                           stage_of_epoch, staged_learning_rate)
 
@@ -54,7 +54,8 @@ class VAEConfig:
     decoder_output_bias: str = "zeros"  # or "data_mean": start the output bias at logit(mean pixel)
     dynamic_binarization: bool = False  # train on x ~ Bernoulli(grey x), resampled every step
     num_epochs: int = 200
-    kl_warmup_epochs: int = 0
+    kl_warmup_epochs: int = 0  # epochs over which beta_t rises linearly per step to 1
+    warmup_term: str = "kl"  # what beta_t weighs during warm-up: "kl" or "entropy" (vi_jax.train.warmed_up)
     eval_every: int = 25  # epochs between held-out evaluations (0: only at the end)
     eval_elbo_samples: int = 100  # draws per datapoint for reported ELBOs
     eval_iwae_samples: int = 100  # K of the periodic held-out IWAE
@@ -112,6 +113,8 @@ class VAEConfig:
         networks.check_network_options(self.activation, self.kernel_init)
         if self.mode not in TRAINING_MODES:
             raise ValueError(f"unknown training mode {self.mode!r}; known: {TRAINING_MODES}")
+        if self.warmup_term not in WARMUP_TERMS:
+            raise ValueError(f"unknown warmup_term {self.warmup_term!r}; known: {WARMUP_TERMS}")
         if self.kl not in KL_FORMS:
             raise ValueError(f"unknown kl form {self.kl!r}; known: {KL_FORMS}")
         family = get_family(self.family, self.latent_dim)
@@ -157,7 +160,7 @@ def build_vae(config: VAEConfig, data_dim: int, steps_per_epoch: int = 1, num_tr
                                config.kernel_init)
     model = decoder_model(decoder, likelihood, config.latent_dim, data_dim)
     common = dict(num_samples=config.num_samples, kl=config.kl, estimator=config.estimator,
-                  kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch)
+                  kl_warmup_steps=config.kl_warmup_epochs * steps_per_epoch, warmup_term=config.warmup_term)
     learning_rate = config.learning_rate
     if config.stage_epochs:
         learning_rate = staged_learning_rate(config.stage_epochs, config.stage_learning_rates, steps_per_epoch)
