@@ -24,14 +24,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 
 import jax.numpy as jnp
+import numpy as np
 
 from experiments.train_vae import evaluate_and_save
-from vi_jax import io
-from vi_jax.config import apply_overrides
+from vi_jax import artifacts, io
+from vi_jax.config import apply_overrides, from_dict
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
-from vi_jax.vae import build_vae, load_training_data, train_vae
+from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
 EVALUATIONS_PER_RUN = 40  # validation points on the curve (eval_every = num_epochs / this)
 
@@ -117,6 +119,7 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
                      "stage_epochs": list(config.stage_epochs),
                      "stage_learning_rates": list(config.stage_learning_rates)},
         "run_options": dataclasses.asdict(options),
+        "overrides": list(overrides),
     })
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     if preset.gap_protocol:
@@ -138,7 +141,67 @@ def run_gap(workdir: str, overrides: tuple[str, ...], options: RunOptions, data_
     return gap.run(config, os.path.join(workdir, "gap"), data_dir=data_dir, progress=progress)["splits"]
 
 
+GAP_FIGURE_QUANTITIES = ("log_px", "elbo_amortized", "inference_gap")  # plus, per local family, its ELBO and gaps
+
+
+def gap_figures(file_name: str, label: str, arrays) -> list[tuple[str, str]]:
+    """(name, source) of every published figure of one gap npz: log p(x), the amortized ELBO,
+    the inference gap, and per local family its ELBO, both gaps and their paired difference."""
+    figures = [(f"{label}: {q}", f"{file_name}:{q}") for q in GAP_FIGURE_QUANTITIES]
+    for family in sorted(n[len("elbo_local_"):] for n in arrays if n.startswith("elbo_local_")):
+        figures += [(f"{label}: {q}_{family}", f"{file_name}:{q}_{family}")
+                    for q in ("elbo_local", "approximation_gap", "amortization_gap")]
+        figures.append((f"{label}: amortization_minus_approximation_{family}",
+                        f"{file_name}:amortization_gap_{family}-approximation_gap_{family}"))
+    return figures
+
+
+def publish(workdir: str, dest: str) -> dict:
+    """The artifact (vi_jax.artifacts) of a finished reproduction in `workdir`: its
+    parameters, evaluation.npz (test log p(x), test and train ELBO) and every gap run in a
+    WORKDIR/gap* folder (each split's npz, figures labelled by folder and split)."""
+    metrics = artifacts.read_json(os.path.join(workdir, "metrics.json"))
+    arrays = {"evaluation.npz": os.path.join(workdir, "evaluation.npz")}
+    figures = [(artifacts.TEST_LOG_PX, "evaluation.npz:test_iwae"), ("test_elbo", "evaluation.npz:test_elbo"),
+               ("train_elbo", "evaluation.npz:train_elbo")]
+    gap_runs = {}
+    for folder in sorted(f for f in os.listdir(workdir) if f.startswith("gap") and os.path.isdir(os.path.join(workdir, f))):
+        gap_runs[folder] = artifacts.read_json(os.path.join(workdir, folder, "gap.json"))
+        for split in gap_runs[folder]["splits"]:
+            file_name, source = f"{folder}_{split}.npz", os.path.join(workdir, folder, f"gap_{split}.npz")
+            arrays[file_name] = source
+            with np.load(source) as a:
+                figures += gap_figures(file_name, f"{folder} {split}", list(a.keys()))
+    info = {"preset": metrics["preset"]["name"], "run_options": metrics["run_options"],
+            "overrides": metrics.get("overrides", []), "seed": metrics["seed"],
+            "environment": metrics["environment"], "wall_seconds": metrics["wall_seconds"],
+            "gap": {folder: {k: g[k] for k in ("config", "environment", "wall_seconds")} for folder, g in gap_runs.items()}}
+    return artifacts.publish(dest, name=os.path.basename(os.path.normpath(dest)),
+                             vae_config=from_dict(VAEConfig, metrics["config"]),
+                             params_path=os.path.join(workdir, "params.msgpack"), arrays=arrays, figures=figures,
+                             info=info, data_dim=metrics["data_dim"])
+
+
+def verify(directory: str, *, data_dir: str | None, fresh_points: int, fresh_seed: int) -> bool:
+    """Print a PASS/FAIL line per check of the artifact (vi_jax.artifacts.verify); True if all pass."""
+    def expected_config(info):
+        options = RunOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["run_options"].items()})
+        return preset_config(info["preset"], options, info["overrides"])
+
+    checks = artifacts.verify(directory, data_dir=data_dir, fresh_points=fresh_points, fresh_seed=fresh_seed,
+                              expected_config=expected_config)
+    for check in checks:
+        print(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    passed = sum(c.ok for c in checks)
+    print(f"{directory}: {passed} of {len(checks)} checks passed")
+    return passed == len(checks)
+
+
 def main(argv=None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] in ("--verify", "--publish", "--table"):
+        return artifact_main(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--workdir", default=None, help="output directory (default runs/PRESET)")
@@ -165,6 +228,29 @@ def main(argv=None) -> None:
                   resume=args.resume, progress=not args.no_progress)
     print(markdown(metrics))
     print(f"wrote {workdir}/metrics.json")
+
+
+def artifact_main(argv) -> None:
+    parser = argparse.ArgumentParser(description="Publish, verify or tabulate reproduction artifacts (results/NAME).")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--verify", nargs="+", metavar="ARTIFACT", help="check artifacts; exit 1 if any check fails")
+    action.add_argument("--publish", metavar="WORKDIR", help="make an artifact of a finished reproduction")
+    action.add_argument("--table", nargs="+", metavar="ARTIFACT", help="print the figures of artifacts as Markdown")
+    parser.add_argument("--to", metavar="ARTIFACT", help="--publish: the artifact folder to create (results/NAME)")
+    parser.add_argument("--data-dir", default=None, help="--verify: directory holding the data (or $VI_JAX_DATA_DIR)")
+    parser.add_argument("--fresh-points", type=int, default=500, help="--verify: random test points re-estimated")
+    parser.add_argument("--fresh-seed", type=int, default=1, help="--verify: key of the re-estimate")
+    args = parser.parse_args(argv)
+    if args.publish:
+        if not args.to:
+            parser.error("--publish needs --to results/NAME")
+        record = publish(args.publish, args.to)
+        print(f"wrote {args.to}: {len(record['figures'])} figures")
+    elif args.table:
+        print(artifacts.figures_table(args.table), end="")
+    elif not all([verify(d, data_dir=args.data_dir, fresh_points=args.fresh_points, fresh_seed=args.fresh_seed)
+                  for d in args.verify]):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,10 @@ def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progres
 def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: np.ndarray, result,
                       workdir: str) -> dict:
     """Evaluate a trained VAE (test ELBO and IWAE_K with K = config.final_iwae_samples, train
-    ELBO; keys from fold_in(seed, 3)), write its pictures and params.msgpack into workdir, and
-    return the metrics dict (the caller writes metrics.json last, after adding its own fields)."""
+    ELBO; keys from fold_in(seed, 3)), write its pictures, params.msgpack and the per-datapoint
+    values behind every mean (evaluation.npz: test_elbo, train_elbo, test_iwae and the IWAE's
+    Monte-Carlo test_iwae_stderr) into workdir, and return the metrics dict (the caller writes
+    metrics.json last, after adding its own fields)."""
     params = result.state.params
     start = time.perf_counter()
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
@@ -110,6 +112,8 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
     os.makedirs(workdir, exist_ok=True)
     save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
     io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
+    io.atomic_save_npz(os.path.join(workdir, "evaluation.npz"), test_elbo=test_elbo, train_elbo=train_elbo,
+                       test_iwae=test_iwae.bound, test_iwae_stderr=test_iwae.stderr)
     return metrics
 
 

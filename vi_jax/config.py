@@ -57,8 +57,14 @@ def _set(config: C, path: list[str], text: str, full: str) -> C:
 
 
 def from_dict(cls: type[C], values: dict) -> C:
-    """Rebuild a (possibly nested) config dataclass from `dataclasses.asdict` output (JSON)."""
+    """Rebuild a (possibly nested) config dataclass from `dataclasses.asdict` output (JSON).
+
+    A field missing from `values` takes its default (a result of an older version that lacked
+    it); a key that is no field is a ValueError: the values were written by other code."""
     hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:

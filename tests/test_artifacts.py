@@ -1,0 +1,127 @@
+"""Reproduction artifacts (vi_jax.artifacts, experiments.reproduce --publish/--verify/--table):
+a tiny reproduction on the digits data is published once, then verified, damaged and mixed."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import reproduce
+from vi_jax import artifacts, io
+
+TINY = ["--epochs-scale", "0.001", "--num-train", "200", "--num-test", "60", "--num-valid", "40",
+        "--no-progress", "--set", "dataset=digits", "--set", "latent_dim=2", "--set", "encoder_hidden=16",
+        "--set", "decoder_hidden=16", "--set", "final_iwae_samples=20", "--set", "eval_elbo_samples=5",
+        "--set", "eval_iwae_samples=5"]
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A published tiny iwae_k1 reproduction with one (synthetic) gap run beside it."""
+    root = tmp_path_factory.mktemp("artifact")
+    workdir = root / "run"
+    reproduce.main(["--preset", "iwae_k1", "--workdir", str(workdir)] + TINY)
+    rng = np.random.default_rng(0)
+    gap = {q: rng.normal(size=30) for q in ("log_px", "elbo_amortized", "inference_gap", "elbo_local_ffg",
+                                            "approximation_gap_ffg", "amortization_gap_ffg")}
+    io.atomic_save_npz(str(workdir / "gap_accurate" / "gap_train.npz"), rows=np.arange(30), **gap)
+    io.atomic_write_json(str(workdir / "gap_accurate" / "gap.json"),
+                         {"splits": {"train": {}}, "config": {}, "environment": {}, "wall_seconds": {}})
+    dest = root / "results" / "tiny"
+    reproduce.main(["--publish", str(workdir), "--to", str(dest)])
+    return dest, gap
+
+
+def copy_of(artifact, tmp_path):
+    dest = tmp_path / "copy"
+    shutil.copytree(artifact[0], dest)
+    return dest
+
+
+def test_verify_passes_every_check_and_figures_are_the_arrays_means(artifact, capsys):
+    dest, gap = artifact
+    assert reproduce.verify(str(dest), data_dir=None, fresh_points=100, fresh_seed=1)
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "PASS  config" in out and "PASS  test_log_px (fresh key, 100 random" in out
+    info = json.load(open(dest / artifacts.INFO_FILE))
+    figures = {f["name"]: f for f in info["figures"]}
+    paired = gap["amortization_gap_ffg"] - gap["approximation_gap_ffg"]
+    assert figures["gap_accurate train: amortization_minus_approximation_ffg"]["mean"] == pytest.approx(paired.mean())
+    assert figures["gap_accurate train: amortization_minus_approximation_ffg"]["stderr"] == pytest.approx(
+        paired.std(ddof=1) / np.sqrt(30))
+    metrics = json.load(open(dest.parent.parent / "run" / "metrics.json"))
+    assert figures["test_log_px"]["mean"] == metrics["test_log_px"]["mean"]
+    assert os.stat(dest / artifacts.PARAMS_FILE).st_size < artifacts.MAX_ARTIFACT_BYTES
+
+
+def test_table_lists_every_figure(artifact):
+    dest, _ = artifact
+    table = artifacts.figures_table([str(dest)])
+    info = json.load(open(dest / artifacts.INFO_FILE))
+    assert len(table.splitlines()) == 2 + len(info["figures"])
+    assert f"| test_log_px | {info['figures'][0]['mean']:.2f} ± " in table
+
+
+def _flip_a_byte(path):
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 1
+    open(path, "wb").write(bytes(raw))
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("missing params", "params.msgpack.gz: missing"),
+    ("flipped byte in an npz", "evaluation.npz: damaged"),
+    ("extra file", "stray.npz: not in MANIFEST.json"),
+    ("no manifest", "MANIFEST.json: missing"),
+    ("manifest not json", "MANIFEST.json: not valid JSON"),
+])
+def test_a_damaged_or_mixed_artifact_is_refused_naming_the_file(artifact, tmp_path, damage, message):
+    dest = copy_of(artifact, tmp_path)
+    if damage == "missing params":
+        os.remove(dest / artifacts.PARAMS_FILE)
+    elif damage == "flipped byte in an npz":
+        _flip_a_byte(dest / "evaluation.npz")
+    elif damage == "extra file":
+        shutil.copyfile(dest / "evaluation.npz", dest / "stray.npz")
+    elif damage == "no manifest":
+        os.remove(dest / artifacts.MANIFEST_FILE)
+    else:
+        open(dest / artifacts.MANIFEST_FILE, "w").write("{not json")
+    with pytest.raises(artifacts.ArtifactError, match=message):
+        reproduce.verify(str(dest), data_dir=None, fresh_points=10, fresh_seed=1)
+
+
+def _rewrite_info(dest, change):
+    info = json.load(open(dest / artifacts.INFO_FILE))
+    change(info)
+    io.atomic_write_json(str(dest / artifacts.INFO_FILE), info)
+    artifacts._write_manifest(str(dest))  # intact files, stale content: what an older version wrote
+
+
+def test_an_artifact_whose_config_the_code_no_longer_builds_fails_its_config_check(artifact, tmp_path, capsys):
+    dest = copy_of(artifact, tmp_path)
+    _rewrite_info(dest, lambda info: info["vae_config"].update(adam_eps=1e-8))
+    assert not reproduce.verify(str(dest), data_dir=None, fresh_points=10, fresh_seed=1)
+    assert "FAIL  config: differs from the code: adam_eps artifact 1e-08, code 0.0001" in capsys.readouterr().out
+
+
+def test_an_artifact_with_an_unknown_config_field_is_refused(artifact, tmp_path):
+    dest = copy_of(artifact, tmp_path)
+    _rewrite_info(dest, lambda info: info["vae_config"].update(warmup_kind="entropy"))
+    with pytest.raises(artifacts.ArtifactError, match="artifact.json: its vae_config does not fit this code"):
+        reproduce.verify(str(dest), data_dir=None, fresh_points=10, fresh_seed=1)
+
+
+def test_a_figure_that_is_not_its_arrays_mean_fails(artifact, tmp_path, capsys):
+    dest = copy_of(artifact, tmp_path)
+    _rewrite_info(dest, lambda info: info["figures"][1].update(mean=info["figures"][1]["mean"] + 1e-9))
+    assert not reproduce.verify(str(dest), data_dir=None, fresh_points=10, fresh_seed=1)
+    assert "FAIL  test_elbo" in capsys.readouterr().out
+
+
+def test_publishing_over_an_artifact_is_refused_and_leaves_no_staging(artifact):
+    dest, _ = artifact
+    with pytest.raises(artifacts.ArtifactError, match="already exists"):
+        reproduce.main(["--publish", str(dest.parent.parent / "run"), "--to", str(dest)])
+    assert [p for p in os.listdir(dest.parent) if p.startswith(".staging")] == []
