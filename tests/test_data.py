@@ -277,7 +277,8 @@ def _flip_last_byte(raw: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("file_name, content, match", [
-    ("toy", _flip_last_byte(_idx_bytes(TOY_IMAGES)), rf"sha256 mismatch: expected {TOY_SPEC.sha256}, got [0-9a-f]{{64}}"),
+    ("toy", _flip_last_byte(_idx_bytes(TOY_IMAGES)),
+     rf"sha256 mismatch: expected {TOY_SPEC.sha256}, got [0-9a-f]{{64}}"),
     ("toy", _idx_bytes(TOY_IMAGES, magic=0x0801), r"IDX magic number 0x00000801, expected 0x00000803"),
     ("toy", _idx_bytes(TOY_IMAGES[:2]), r"IDX dimensions \(2, 2, 2\), expected \(3, 2, 2\)"),
     ("toy", _idx_bytes(TOY_IMAGES)[:-1], r"27 bytes of content, expected 28 .*truncated"),
