@@ -260,6 +260,12 @@ def _load_mnist(data_dir: str | None) -> Dataset:
     if missing:
         raise FileNotFoundError(f"mnist: found some IDX files but not {', '.join(missing)} (plain or .gz); "
                                 f"all four are needed: {names}. Directories searched: {searched}.")
+    return _mnist_from_idx(**paths)
+
+
+@functools.lru_cache(maxsize=None)
+def _mnist_from_idx(**paths: Path) -> Dataset:
+    """The mnist Dataset of the four verified IDX files (MNIST_IDX_FILES' keys). Cached: loads share it."""
     arrays = {part: _read_idx(path, MNIST_IDX_FILES[part]) for part, path in paths.items()}
     images = {split: _read_only(arrays[f"{split}_images"].reshape(-1, _MNIST_PIXELS).astype(np.float32) / 255.0)
               for split in ("train", "test")}
@@ -277,9 +283,8 @@ def _find_file(search_dirs: list[Path], file_names: tuple[str, ...]) -> Path | N
     return None
 
 
-@functools.lru_cache(maxsize=None)
 def _read_idx(path: Path, spec: IdxFile) -> np.ndarray:
-    """The uint8 array [*spec.dims] of an IDX file (gzipped if its name ends in .gz), read-only, cached.
+    """The uint8 array [*spec.dims] of an IDX file (gzipped if its name ends in .gz), read-only.
 
     IDX layout: a big-endian uint32 magic number (spec.magic), one big-endian uint32 per dimension,
     then the values row-major. Refuses, naming the file: a corrupt or truncated gzip stream, a
