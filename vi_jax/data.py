@@ -70,7 +70,7 @@ BINARIZED_MNIST_ORDER = {"test": "sorted by digit class (rows 0-979 are zeros, t
 # LeCun, Cortes & Burges (the MNIST page): the first 5000 test images come from NIST SD-3 (Census
 # Bureau employees), the last 5000 from SD-1 (high-school students), and the first 5000 are
 # cleaner and easier. Mean ink per 1000-row block: 94-96 pixels in the first half, 107-116 in the
-# second. Neither split is ordered by class; the training file's block ink is flat (100-105).
+# second. Neither split is ordered by class; the training file's ink per 6000-row block is flat (100-105).
 MNIST_ORDER = {"test": "in two halves by writer population (rows 0-4999 from NIST SD-3, the cleaner "
                        "and easier half; rows 5000-9999 from SD-1)"}
 _TFDS_READ_CHUNK = 4096
