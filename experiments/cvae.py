@@ -42,8 +42,9 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
     train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
                                       name=f"{config.dataset} {split}") for split in ("train", "test"))
-    if dataset.train_labels is None or dataset.test_labels is None:
-        raise ValueError(f"dataset {config.dataset!r} has no labels to condition on")
+    unlabelled = [split for split in ("train", "test") if getattr(dataset, f"{split}_labels") is None]
+    if unlabelled:  # binarized_mnist: only its class-sorted test file has labels; mnist has both
+        raise ValueError(f"dataset {config.dataset!r} has no {' and '.join(unlabelled)} labels to condition on")
     c_train = one_hot_labels(dataset.train_labels, config.num_classes, len(train))
     c_test = one_hot_labels(dataset.test_labels, config.num_classes, len(test))
     cvae = build_cvae(config, dataset.dim)

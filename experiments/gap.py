@@ -5,8 +5,9 @@
     python -m experiments.gap --checkpoint runs/train_vae        # use a trained VAE instead of training one
     python -m experiments.gap --set protocol.ais_proposal=ffg    # also AIS from q*_FFG, ~40% longer
 
-Trains an amortized VAE (or loads one), then on a fixed seeded subset of the training split
-and of the test split computes per datapoint: L[q_phi] (encoder), L[q*_FFG] and L[q*_flow]
+Trains an amortized VAE (or loads one), then on a seeded random subset of the training split
+and of the test split (or its first rows where GapConfig says so) computes per datapoint:
+L[q_phi] (encoder), L[q*_FFG] and L[q*_flow]
 (fitted per datapoint with Adam until the 100-step average ELBO stops improving for 10
 checks), log p(x) (IWAE K=5000 with the fitted q* as proposal, the larger over the two
 families: log_px_iwae; with protocol.ais_proposal set, also AIS from that proposal, log_px_ais
@@ -18,7 +19,9 @@ chains x 100 steps from q*_FFG), test split: log_px_iwae -16.11, log_px_ais -16.
 
 Writes into --workdir (each file atomically, gap.json last): gap.json (per split: n_eval and
 {"mean", "stderr"} of log_px, log_px_iwae (with AIS also log_px_ais, ais_acceptance_rate,
-ais_step_size and the count log_px_from_ais), elbo_amortized, elbo_local_ffg, elbo_local_flow,
+ais_step_size and the count log_px_from_ais), rows (the row choice, n, the split's size, the
+subset key and the split's recorded order; the indices are gap_<split>.npz's rows),
+elbo_amortized, elbo_local_ffg, elbo_local_flow,
 inference_gap, approximation_gap_{ffg,flow}, amortization_gap_{ffg,flow}, semi_amortized curve; top level:
 seed, config, environment, wall seconds of each stage), gap.md (the same as tables),
 gap_bars.png, local_vs_amortized.png, refinement.png, gap_<split>.npz (per-datapoint arrays),
@@ -55,15 +58,36 @@ AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with 
 
 @dataclasses.dataclass(frozen=True)
 class GapConfig:
+    """Which rows: each split's n_eval rows are `rows` ("random": a seeded random subset, key
+    fold_in(fold_in(PRNGKey(seed), split index), 0); "first": the first n_eval), and the
+    training split's are `train_rows` instead when it is set. Cremer et al. evaluate the first
+    1000 training points (Larochelle's training file is in random order), and a held-out split
+    must be a random subset: rows="random", train_rows="first". "first" on a split the dataset
+    records as ordered (Dataset.ordered_splits, e.g. binarized MNIST's class-sorted test file)
+    is an error, raised before any training or fitting."""
+
     seed: int = 0
     vae: VAEConfig = VAEConfig()
     checkpoint: str = ""  # a train_vae workdir to load instead of training
     n_eval: int = 300  # datapoints per split (digits' test split has 300)
-    rows: str = "random"  # which n_eval rows: a seeded random subset, or the "first" n_eval
+    rows: str = "random"  # which n_eval rows of every split: "random" or "first"
+    train_rows: str = ""  # the training split's choice instead of `rows` ("": as `rows`)
     splits: tuple[str, ...] = SPLITS  # which splits to evaluate (each with the same keys as in a full run)
     flow_layers: int = 4
     flow_hidden: int = 16
     protocol: GapProtocol = GapProtocol()
+
+    def rows_of(self, split: str) -> str:
+        """The row choice for `split`: train_rows on the training split when set, else rows."""
+        return self.train_rows if split == "train" and self.train_rows else self.rows
+
+    def validate(self) -> None:
+        self.protocol.validate()
+        if self.rows not in ROW_CHOICES or self.train_rows not in ROW_CHOICES + ("",):
+            raise ValueError(f"rows and train_rows must be one of {ROW_CHOICES} (train_rows also ''), "
+                             f"got rows={self.rows!r}, train_rows={self.train_rows!r}")
+        if not self.splits or any(name not in SPLITS for name in self.splits):
+            raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
 
 
 QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",
@@ -74,16 +98,34 @@ QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", 
 ROW_CHOICES = ("random", "first")
 
 
-def subset(key, x: np.ndarray, n: int, rows: str = "random") -> tuple[np.ndarray, np.ndarray]:
+def subset(key, x: np.ndarray, n: int, rows: str = "random", *, order: str | None = None,
+           name: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """(sorted row indices, rows) of a seeded random subset of n rows, or of the first n rows
-    (Cremer et al. evaluate the first 1000 training points); all rows if n >= len(x)."""
+    (Cremer et al. evaluate the first 1000 training points); all rows if n >= len(x).
+
+    order: why the row order of `x` is meaningful (Dataset.ordered_splits), or None; then its
+    first n rows are a biased sample and rows="first" raises a ValueError starting with `name`.
+    """
     if rows not in ROW_CHOICES:
-        raise ValueError(f"unknown rows choice {rows!r}; known: {ROW_CHOICES}")
+        raise ValueError(f"{name}: unknown rows choice {rows!r}; known: {ROW_CHOICES}")
+    if rows == "first" and order is not None and n < len(x):
+        raise ValueError(f"{name}: rows='first' refused: the split is {order}, so its first {n} rows are not a "
+                         f"fair sample of its {len(x)}; use rows='random' (a seeded random subset) or all rows")
     if rows == "first":
         index = np.arange(min(n, len(x)))
     else:
         index = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:n])
     return index, x[index]
+
+
+def choose_rows(config: GapConfig, dataset, splits: dict) -> dict:
+    """{split: (row indices, rows)} of each evaluated split, per config.rows_of(split); raises
+    for rows="first" on a split that `dataset` records as ordered. Cheap: call it before training."""
+    key = jax.random.PRNGKey(config.seed)
+    return {name: subset(jax.random.fold_in(jax.random.fold_in(key, SPLITS.index(name)), 0), splits[name],
+                         config.n_eval, config.rows_of(name), order=dataset.ordered_splits.get(name),
+                         name=f"{dataset.name} {name}")
+            for name in config.splits}
 
 
 def markdown(result: dict) -> str:
@@ -158,11 +200,7 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
 
 def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     log = print if progress else (lambda message: None)
-    config.protocol.validate()
-    if config.rows not in ROW_CHOICES:
-        raise ValueError(f"unknown rows choice {config.rows!r}; known: {ROW_CHOICES}")
-    if not config.splits or any(name not in SPLITS for name in config.splits):
-        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {config.splits}")
+    config.validate()
     timings = {}
     start = time.perf_counter()
     if config.checkpoint:
@@ -173,6 +211,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         vae_config.validate()
     dataset, train, test = load_training_data(vae_config, data_dir)
     splits = dict(zip(SPLITS, (train, test)))
+    chosen = choose_rows(config, dataset, splits)  # before training: a refused row choice costs nothing
     if not config.checkpoint:
         log(f"training the amortized VAE ({vae_config.num_epochs} epochs on {vae_config.dataset})")
         vae = build_vae(vae_config, dataset.dim, len(splits["train"]) // vae_config.batch_size)
@@ -187,7 +226,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     arrays = {}
     for name in config.splits:
         split_key = jax.random.fold_in(key, SPLITS.index(name))
-        rows, x = subset(jax.random.fold_in(split_key, 0), splits[name], config.n_eval, config.rows)
+        rows, x = chosen[name]
         log(f"[{name}] gap decomposition on {len(rows)} datapoints")
         amortized = vae.encode(params["encoder"], jnp.asarray(x))
         per_point, info = evaluate_gaps(jax.random.fold_in(split_key, 1), vae.model, params["decoder"],
@@ -197,6 +236,9 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         if config.protocol.ais_proposal:
             summary["log_px_from_ais"] = int(np.sum(per_point["log_px_ais"] > per_point["log_px_iwae"]))
         summary["n_eval"] = len(rows)
+        summary["rows"] = {"choice": config.rows_of(name), "n": len(rows), "of": len(splits[name]),
+                           "subset_key": f"fold_in(fold_in(PRNGKey({config.seed}), {SPLITS.index(name)}), 0)",
+                           "split_order": dataset.ordered_splits.get(name), "indices": f"gap_{name}.npz: rows"}
         summary["semi_amortized"] = {"k": list(config.protocol.refine_steps),
                                      "elbo": [summarize({"e": per_point[f"elbo_refined_{k}"]})["e"]
                                               for k in config.protocol.refine_steps]}

@@ -10,8 +10,8 @@ interrupted run exactly); the progress bar shows stage, epoch, ELBO and ETA, and
 ELBO / IWAE_100 curve is recorded every eval_every epochs on --num-valid validation points.
 Then evaluates the test log-likelihood with IWAE K = 5000 (the preset's final_iwae_samples), and
 for the Cremer presets runs the gap protocol of experiments.gap on the first --gap-points
-training and test points (into WORKDIR/gap), with log p(x) the larger of IWAE_5000 and AIS per
-datapoint (the preset's gap_overrides; --gap-set adds to them).
+training points and a seeded random --gap-points of the test split (into WORKDIR/gap), with
+log p(x) the larger of IWAE_5000 and AIS per datapoint (the preset's gap_overrides; --gap-set adds to them).
 
 Writes into --workdir (atomically, metrics.json last): metrics.json (test_log_px, test_elbo,
 train_elbo as {"mean", "stderr"}; the published figure and our difference; the schedule run;
@@ -26,9 +26,11 @@ import dataclasses
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import gap
 from experiments.train_vae import evaluate_and_save
 from vi_jax import artifacts, io
 from vi_jax.config import apply_overrides, from_dict
@@ -36,6 +38,9 @@ from vi_jax.presets import PRESETS, get_preset, scale_epochs
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
 EVALUATIONS_PER_RUN = 40  # validation points on the curve (eval_every = num_epochs / this)
+# Held-out subsets draw from fold_in(fold_in(PRNGKey(seed), HELD_OUT_KEY), i), i = 0 test, 1 the
+# test rows standing in for validation; 0-4 are train_vae's and the test binarization's.
+HELD_OUT_KEY = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +49,16 @@ class RunOptions:
 
     epochs_scale: float = 1.0
     num_train: int = 0  # train on the first num_train points (0: all)
-    num_test: int = 0  # evaluate on the first num_test test points (0: all)
+    num_test: int = 0  # evaluate on a seeded random num_test test points (0: all)
     num_valid: int = 1000  # validation points on the curve
     checkpoint_every: int = 10  # epochs
-    gap_points: int = 1000  # Cremer presets: first gap_points training and test points
+    gap_points: int = 1000  # Cremer presets: the first gap_points training, a random gap_points test points
     gap_overrides: tuple[str, ...] = ()  # GapConfig overrides for the gap protocol
+
+    def validate(self) -> None:
+        counts = {name: getattr(self, name) for name in ("num_train", "num_test", "num_valid", "gap_points")}
+        if any(count < 0 for count in counts.values()) or self.gap_points < 1:
+            raise ValueError(f"num_train, num_test and num_valid must be >= 0 and gap_points >= 1, got {counts}")
 
 
 def preset_config(name: str, options: RunOptions, overrides=()):
@@ -92,16 +102,31 @@ def markdown(metrics: dict) -> str:
 
 def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, overrides=(),
         data_dir: str | None = None, resume: bool = False, progress: bool = True) -> dict:
+    options.validate()
     preset = get_preset(preset_name)
     config = preset_config(preset_name, options, overrides)
     log = print if progress else (lambda message: None)
     dataset, train, test = load_training_data(config, data_dir)
-    valid = dataset.valid if dataset.valid is not None else test  # TFDS MNIST has no validation split
+    if preset.gap_protocol:  # its row choice refused now, not after hours of training
+        gap_config = gap_protocol_config(workdir, preset.gap_overrides + options.gap_overrides, options)
+        gap_config.validate()
+        gap.choose_rows(gap_config, dataset, {"train": train, "test": test})
+    held_out_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), HELD_OUT_KEY)
+    if dataset.valid is not None:  # Larochelle's validation file is in random order
+        valid = gap.subset(None, dataset.valid, options.num_valid, "first", order=dataset.ordered_splits.get("valid"),
+                           name=f"{config.dataset} valid")[1]
+    else:  # MNIST has no validation split: random test rows stand in (its test split is ordered)
+        valid = gap.subset(jax.random.fold_in(held_out_key, 1), test, options.num_valid)[1]
+    valid = jnp.asarray(valid)
     if options.num_train:
-        train = train[:options.num_train]
+        train = gap.subset(None, train, options.num_train, "first", order=dataset.ordered_splits.get("train"),
+                           name=f"{config.dataset} train")[1]
+    test_rows = {"choice": "all", "n": len(test), "of": len(test)}
     if options.num_test:
-        test = test[:options.num_test]
-    valid = jnp.asarray(valid[:options.num_valid])
+        index, test = gap.subset(jax.random.fold_in(held_out_key, 0), test, options.num_test)
+        test_rows = {"choice": "random", "n": len(index), "of": test_rows["of"],
+                     "subset_key": f"fold_in(fold_in(PRNGKey({config.seed}), {HELD_OUT_KEY}), 0)",
+                     "indices": index.tolist()}
     vae = build_vae(config, dataset.dim, steps_per_epoch=len(train) // config.batch_size)
     log(f"{preset_name}: {config.num_epochs} epochs in stages {config.stage_epochs} at batch "
         f"{config.batch_size} on {len(train)} points ({len(train) // config.batch_size} steps per epoch)")
@@ -120,25 +145,34 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
                      "stage_learning_rates": list(config.stage_learning_rates)},
         "run_options": dataclasses.asdict(options),
         "overrides": list(overrides),
+        "test_rows": test_rows,
     })
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     if preset.gap_protocol:
-        metrics["gap"] = run_gap(workdir, preset.gap_overrides + options.gap_overrides, options, data_dir, progress)
+        metrics["gap"] = gap.run(gap_config, os.path.join(workdir, "gap"), data_dir=data_dir,
+                                 progress=progress)["splits"]
         io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     io.atomic_write_text(os.path.join(workdir, "reproduce.md"), markdown(metrics))
     return metrics
 
 
-def run_gap(workdir: str, overrides: tuple[str, ...], options: RunOptions, data_dir: str | None,
-            progress: bool) -> dict:
-    """The gap protocol of experiments.gap, with GapConfig `overrides` (the preset's, then the
-    user's), on the first options.gap_points training and test points of the model just trained
-    (results in WORKDIR/gap); returns its per-split summary."""
-    from experiments import gap
+def gap_protocol_config(workdir: str, overrides: tuple[str, ...], options: RunOptions) -> gap.GapConfig:
+    """The GapConfig of the Cremer protocol on the model trained in `workdir`: the first
+    options.gap_points training points (Cremer et al.; Larochelle's training file is in random
+    order) and a seeded random options.gap_points of the test split (the file is sorted by class),
+    then GapConfig `overrides` (the preset's, then the user's)."""
+    return apply_overrides(gap.GapConfig(checkpoint=workdir, n_eval=options.gap_points, rows="random",
+                                         train_rows="first"), overrides)
 
-    config = apply_overrides(gap.GapConfig(checkpoint=workdir, n_eval=options.gap_points, rows="first"),
-                             overrides)
-    return gap.run(config, os.path.join(workdir, "gap"), data_dir=data_dir, progress=progress)["splits"]
+
+def count_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, else a usage error naming the value."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 GAP_FIGURE_QUANTITIES = ("log_px", "elbo_amortized", "inference_gap")  # plus, per local family, its ELBO and gaps
@@ -209,11 +243,13 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="shorten every stage to max(1, round(F * epochs)) epochs")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in WORKDIR")
-    parser.add_argument("--num-train", type=int, default=0, help="train on the first N points (0: all)")
-    parser.add_argument("--num-test", type=int, default=0, help="evaluate the first N test points (0: all)")
-    parser.add_argument("--num-valid", type=int, default=1000, help="validation points on the curve")
+    parser.add_argument("--num-train", type=count_at_least(0), default=0, help="train on the first N points (0: all)")
+    parser.add_argument("--num-test", type=count_at_least(0), default=0,
+                        help="evaluate a seeded random N of the test points (0: all)")
+    parser.add_argument("--num-valid", type=count_at_least(0), default=1000, help="validation points on the curve")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints")
-    parser.add_argument("--gap-points", type=int, default=1000, help="Cremer presets: points per split")
+    parser.add_argument("--gap-points", type=count_at_least(1), default=1000,
+                        help="Cremer presets: the first N training and a seeded random N test points")
     parser.add_argument("--gap-set", dest="gap_overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a GapConfig field of the gap protocol (Cremer presets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",

@@ -1,6 +1,7 @@
 """Tests for vi_jax.data: dataset loaders and validate_data."""
 
 import gzip
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -31,6 +32,22 @@ def bmnist_dir() -> Path:
         pytest.skip(f"real binarized MNIST .amat files not found in {root}[/binarized_mnist]; "
                     f"set {data.DATA_DIR_ENV} to run this test")
     return root
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    root = _real_data_dir()
+    names = [spec.name for spec in data.MNIST_IDX_FILES.values()]
+    if not all(any((d / f"{name}{ext}").is_file() for d in (root, root / "mnist") for ext in ("", ".gz"))
+               for name in names):
+        pytest.skip(f"real MNIST IDX files ({', '.join(names)}, plain or .gz) not found in {root}[/mnist]; "
+                    f"set {data.DATA_DIR_ENV} to run this test")
+    return root
+
+
+# Label counts of digits 0-9 (shared/data/README.md)
+MNIST_TRAIN_CLASS_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 # ---------------------------------------------------------------- digits
@@ -95,7 +112,24 @@ def test_binarized_mnist_real_files(bmnist_dir):
         assert split.dtype == np.float32
         assert set(np.unique(split)) == {0.0, 1.0}
     assert (ds.image_shape, ds.value_range, ds.dim) == ((28, 28), "binary", 784)
-    assert ds.train_labels is None and ds.test_labels is None
+    assert ds.train_labels is None
+    np.testing.assert_array_equal(np.bincount(ds.test_labels), MNIST_TEST_CLASS_COUNTS)
+    assert list(ds.ordered_splits) == ["test"] and "sorted by digit class" in ds.ordered_splits["test"]
+
+
+def test_binarized_mnist_test_labels_match_the_grey_scale_originals(bmnist_dir, mnist_dir):
+    """The claim behind test_labels: Larochelle's test file is MNIST's test set sorted by class.
+    Each binary row x is matched to the MNIST test image g maximising the Bernoulli log-likelihood
+    sum_d x_d log g_d + (1 - x_d) log(1 - g_d), grey values clipped to [1e-3, 1 - 1e-3]; the
+    matched images' labels must equal the claimed labels on every row."""
+    binary = data.load_dataset("binarized_mnist", data_dir=str(bmnist_dir))
+    grey = data.load_dataset("mnist", data_dir=str(mnist_dir))
+    g = np.clip(grey.test, 1e-3, 1 - 1e-3)
+    log_odds, log_off = np.log(g) - np.log1p(-g), np.log1p(-g)
+    matched = np.concatenate([np.argmax(x @ log_odds.T + log_off.sum(axis=1), axis=1)
+                              for x in np.array_split(binary.test, 10)])  # 1000 x 10000 scores at a time
+    agree = int(np.sum(grey.test_labels[matched] == binary.test_labels))
+    assert agree == len(binary.test), f"{agree} of {len(binary.test)} rows match a test image of the claimed class"
 
 
 def test_binarized_mnist_found_through_env_var(bmnist_dir, monkeypatch):
@@ -164,6 +198,130 @@ def test_parse_amat_rejects_malformed(raw, match):
         data._parse_amat(raw, "fake")
 
 
+# ---------------------------------------------------------------- MNIST from IDX files
+
+def test_mnist_idx_real_files(mnist_dir):
+    ds = data.load_dataset("mnist", data_dir=str(mnist_dir))  # magic, dims, size, sha256 checked inside
+    assert (ds.train.shape, ds.test.shape, ds.valid) == ((60000, 784), (10000, 784), None)
+    assert ds.train.dtype == ds.test.dtype == np.float32 and ds.test_labels.dtype == np.int32
+    for split in (ds.train, ds.test):
+        assert split.min() == 0.0 and split.max() == 1.0
+        np.testing.assert_array_equal(np.round(split[:100] * 255) / 255, split[:100])  # 256 grey levels
+    np.testing.assert_array_equal(np.bincount(ds.train_labels), MNIST_TRAIN_CLASS_COUNTS)
+    np.testing.assert_array_equal(np.bincount(ds.test_labels), MNIST_TEST_CLASS_COUNTS)
+    assert (ds.image_shape, ds.value_range, ds.dim) == ((28, 28), "unit", 784)
+    assert list(ds.ordered_splits) == ["test"]
+
+
+def test_mnist_idx_order_facts(mnist_dir):
+    """Why MNIST's test split is recorded as ordered, and its train split not: mean ink (summed grey
+    values) per half of the test split differs by far more than its standard error (the first half
+    is NIST SD-3, the cleaner one), while neither split is sorted by class."""
+    ds = data.load_dataset("mnist", data_dir=str(mnist_dir))
+    ink = ds.test.sum(axis=1)
+    first, second = ink[:5000], ink[5000:]
+    stderr = np.sqrt(first.var() / 5000 + second.var() / 5000)
+    assert second.mean() - first.mean() > 10 * stderr
+    for labels in (ds.train_labels, ds.test_labels):
+        assert np.mean(labels[1:] == labels[:-1]) < 0.2  # sorted by class would be > 0.99; iid about 0.1
+
+
+def test_mnist_found_in_dir_and_its_mnist_subfolder(mnist_dir):
+    if not (mnist_dir / "mnist").is_dir():
+        pytest.skip(f"the real IDX files are not in a mnist/ subfolder of {mnist_dir}")
+    for directory in (mnist_dir, mnist_dir / "mnist"):
+        ds = data.load_dataset("mnist", data_dir=str(directory))
+        np.testing.assert_array_equal(np.bincount(ds.test_labels), MNIST_TEST_CLASS_COUNTS)
+
+
+def test_mnist_found_through_env_var(mnist_dir, monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(mnist_dir))
+    assert data.load_dataset("mnist").train.shape == (60000, 784)
+
+
+def test_mnist_damaged_real_file_is_refused(mnist_dir, tmp_path):
+    """One flipped pixel of the real test-label file: header and size are right, only sha256 can tell."""
+    spec = data.MNIST_IDX_FILES["test_labels"]
+    found = data._find_file([mnist_dir / "mnist", mnist_dir], (spec.name, spec.name + ".gz"))
+    raw = bytearray(gzip.decompress(found.read_bytes()) if found.suffix == ".gz" else found.read_bytes())
+    plain = tmp_path / spec.name
+    plain.write_bytes(raw)
+    np.testing.assert_array_equal(np.bincount(data._read_idx(plain, spec)), MNIST_TEST_CLASS_COUNTS)
+    raw[5000] ^= 1
+    damaged = tmp_path / "damaged" / spec.name
+    damaged.parent.mkdir()
+    damaged.write_bytes(raw)
+    with pytest.raises(ValueError, match=rf"{spec.name}: sha256 mismatch: expected {spec.sha256}"):
+        data._read_idx(damaged, spec)
+
+
+def _idx_bytes(values: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file of uint8 values: big-endian magic (0x0800 + ndim unless given), dims, values."""
+    magic = 0x0800 | values.ndim if magic is None else magic
+    return np.array([magic, *values.shape], dtype=">u4").tobytes() + values.astype(np.uint8).tobytes()
+
+
+TOY_IMAGES = np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2) * 20
+TOY_SPEC = data.IdxFile("toy-images-idx3-ubyte", (3, 2, 2), hashlib.sha256(_idx_bytes(TOY_IMAGES)).hexdigest())
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzipped"])
+def test_read_idx_synthetic_file(tmp_path, compress):
+    path = tmp_path / ("toy.gz" if compress else "toy")
+    path.write_bytes(gzip.compress(_idx_bytes(TOY_IMAGES)) if compress else _idx_bytes(TOY_IMAGES))
+    np.testing.assert_array_equal(data._read_idx(path, TOY_SPEC), TOY_IMAGES)
+
+
+def _flip_last_byte(raw: bytes) -> bytes:
+    return raw[:-1] + bytes([raw[-1] ^ 1])
+
+
+@pytest.mark.parametrize("file_name, content, match", [
+    ("toy", _flip_last_byte(_idx_bytes(TOY_IMAGES)),
+     rf"sha256 mismatch: expected {TOY_SPEC.sha256}, got [0-9a-f]{{64}}"),
+    ("toy", _idx_bytes(TOY_IMAGES, magic=0x0801), r"IDX magic number 0x00000801, expected 0x00000803"),
+    ("toy", _idx_bytes(TOY_IMAGES[:2]), r"IDX dimensions \(2, 2, 2\), expected \(3, 2, 2\)"),
+    ("toy", _idx_bytes(TOY_IMAGES)[:-1], r"27 bytes of content, expected 28 .*truncated"),
+    ("toy", _idx_bytes(TOY_IMAGES)[:6], r"6 bytes, shorter than the 16-byte IDX header"),
+    ("toy.gz", gzip.compress(_idx_bytes(TOY_IMAGES))[:-6], r"not a readable gzip file \(corrupt or truncated\)"),
+    ("toy.gz", _flip_last_byte(gzip.compress(_idx_bytes(TOY_IMAGES))), r"not a readable gzip file"),  # its size field
+    ("toy.gz", _idx_bytes(TOY_IMAGES), r"not a readable gzip file"),
+], ids=["flipped-byte", "wrong-magic", "wrong-dims", "truncated", "no-header", "truncated-gzip", "corrupt-gzip",
+        "not-gzip"])
+def test_read_idx_refuses_damaged_file_naming_it(tmp_path, file_name, content, match):
+    path = tmp_path / file_name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{path}: {match}"):
+        data._read_idx(path, TOY_SPEC)
+
+
+def test_mnist_refuses_canonically_named_file_with_other_content(tmp_path):
+    """A label file of the canonical name and size whose content is not MNIST's: only sha256 tells."""
+    spec = data.MNIST_IDX_FILES["test_labels"]
+    path = tmp_path / spec.name
+    path.write_bytes(_idx_bytes(np.zeros(spec.dims, np.uint8)))
+    assert path.stat().st_size == 10008  # the canonical size (shared/data/README.md)
+    with pytest.raises(ValueError, match=rf"{spec.name}: sha256 mismatch"):
+        data._read_idx(path, spec)
+
+
+def test_mnist_load_names_the_bad_file(tmp_path):
+    for spec in data.MNIST_IDX_FILES.values():  # right magic numbers, too few images
+        (tmp_path / "mnist").mkdir(exist_ok=True)
+        (tmp_path / "mnist" / f"{spec.name}.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros((2,) + spec.dims[1:]))))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: IDX dimensions \(2, 28, 28\), "
+                                         r"expected \(60000, 28, 28\)"):
+        data.load_dataset("mnist", data_dir=str(tmp_path))
+
+
+def test_mnist_some_files_missing_names_them(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="not train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                                                "t10k-labels-idx1-ubyte") as err:
+        data.load_dataset("mnist", data_dir=str(tmp_path))
+    assert str(tmp_path / "mnist") in str(err.value)
+
+
 # ---------------------------------------------------------------- TFDS (mnist, fashion_mnist)
 
 @pytest.fixture
@@ -204,6 +362,9 @@ def test_tfds_not_prepared_error_is_actionable(name, tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"{name}: no prepared .* data_dir {tmp_path}") as err:
         data.load_dataset(name, data_dir=str(tmp_path))
     assert f"tfds build {name}" in str(err.value)
+    if name == "mnist":  # what the IDX path looked for
+        assert f"No MNIST IDX files (train-images-idx3-ubyte[.gz]" in str(err.value)
+        assert str(tmp_path / "mnist") in str(err.value)
 
 
 def test_unknown_dataset_lists_known_names():
@@ -218,12 +379,23 @@ def test_unknown_dataset_lists_known_names():
     (dict(value_range="integer"), "value_range must be one of"),
     (dict(test=np.zeros((2, 5), np.float32)), "trailing shapes"),
     (dict(image_shape=(3, 3)), "trailing shapes"),
-], ids=["bad-value-range", "test-dim-mismatch", "image-shape-mismatch"])
+    (dict(test_labels=np.zeros(3, np.int32)), r"test_labels must have shape \(2,\), got \(3,\)"),
+    (dict(ordered_splits={"valid": "sorted"}), r"ordered_splits names splits it does not have: \['valid'\]"),
+], ids=["bad-value-range", "test-dim-mismatch", "image-shape-mismatch", "labels-length", "ordered-unknown-split"])
 def test_dataset_rejects_inconsistent_fields(kwargs, match):
     fields = dict(name="toy", train=np.zeros((3, 4), np.float32), test=np.zeros((2, 4), np.float32),
                   valid=None, image_shape=(2, 2), value_range="unit") | kwargs
     with pytest.raises(ValueError, match=match):
         data.Dataset(**fields)
+
+
+def test_dataset_ordered_splits_recorded_and_read_only():
+    ds = data.Dataset(name="toy", train=np.zeros((3, 4), np.float32), test=np.zeros((2, 4), np.float32), valid=None,
+                      image_shape=(2, 2), value_range="unit", ordered_splits={"test": "sorted by class"})
+    assert dict(ds.ordered_splits) == {"test": "sorted by class"}
+    with pytest.raises(TypeError):
+        ds.ordered_splits["train"] = "sorted"
+    assert dict(data.load_dataset("digits").ordered_splits) == {}  # a seeded permutation: no order
 
 
 # ---------------------------------------------------------------- validate_data

@@ -1,11 +1,16 @@
 """End-to-end run of the main job, experiments/gap.py, in a small configuration."""
 import json
 import os
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from scipy import stats
 
 from experiments import gap
+from vi_jax import data
+from vi_jax.config import apply_overrides
 
 SMALL = ["--quick", "--no-progress", "--set", "vae.num_epochs=15", "--set", "n_eval=20",
          "--set", "protocol.iwae_samples=200", "--set", "protocol.refine_steps=0,2"]
@@ -43,6 +48,14 @@ def test_gap_quick_end_to_end(tmp_path):
         # per-datapoint arrays reproduce every mean
         arrays = np.load(tmp_path / "a" / f"gap_{split}.npz")
         np.testing.assert_allclose(arrays["log_px"].mean(), r["log_px"]["mean"], rtol=1e-6)
+        # which rows: recorded in gap.json, the indices in the npz are the seeded subset of the split
+        split_index = gap.SPLITS.index(split)
+        assert r["rows"] == {"choice": "random", "n": 20, "of": {"train": 1497, "test": 300}[split],
+                             "subset_key": f"fold_in(fold_in(PRNGKey(0), {split_index}), 0)", "split_order": None,
+                             "indices": f"gap_{split}.npz: rows"}
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), split_index), 0)
+        expected_rows = np.sort(np.asarray(jax.random.permutation(key, r["rows"]["of"]))[:20])
+        np.testing.assert_array_equal(arrays["rows"], expected_rows)
     assert result["seed"] == 0 and result["environment"]["versions"]["jax"]
     assert set(result["wall_seconds"]) >= {"vae", "total"}
     # same seed, identical numbers; a run of one split draws that split's keys as the full run does
@@ -50,3 +63,86 @@ def test_gap_quick_end_to_end(tmp_path):
     assert numbers(again) == {"test": numbers(result)["test"]}
     with pytest.raises(ValueError, match="splits must be"):
         run(tmp_path / "c", "--set", "splits=valid")
+
+
+# ---------------------------------------------------------------- which rows are evaluated
+
+SIGNIFICANCE = 1e-3  # a class-mix check fails by chance with this probability
+
+
+def _real_data_dir() -> Path:
+    """$VI_JAX_DATA_DIR, else the shared data folder next to the repository."""
+    return Path(os.environ.get(data.DATA_DIR_ENV) or Path(__file__).parents[2] / "shared" / "data")
+
+
+@pytest.fixture
+def binarized_mnist() -> data.Dataset:
+    try:
+        return data.load_dataset("binarized_mnist", data_dir=str(_real_data_dir()))
+    except FileNotFoundError as err:
+        pytest.skip(f"real binarized MNIST not found ({err}); set {data.DATA_DIR_ENV} to run this test")
+
+
+def _toy_dataset(ordered_splits) -> data.Dataset:
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    return data.Dataset(name="toy", train=rows, test=rows + 100, valid=None, image_shape=(2, 2), value_range="unit",
+                        ordered_splits=ordered_splits)
+
+
+def test_first_rows_of_an_ordered_split_are_refused_with_the_reason():
+    toy = _toy_dataset({"test": "sorted by class"})
+    with pytest.raises(ValueError, match=r"^toy test: rows='first' refused: the split is sorted by class, so its "
+                                         r"first 3 rows are not a fair sample of its 10"):
+        gap.choose_rows(gap.GapConfig(n_eval=3, rows="first"), toy, {"train": toy.train, "test": toy.test})
+    # all rows of an ordered split, or the first rows of an unordered one, are fine
+    index, _ = gap.subset(None, toy.test, 10, "first", order=toy.ordered_splits["test"])
+    np.testing.assert_array_equal(index, np.arange(10))
+    np.testing.assert_array_equal(gap.subset(None, toy.train, 3, "first")[0], [0, 1, 2])
+
+
+def test_row_choice_per_split_cremer_protocol():
+    """rows="random", train_rows="first": the first training rows, a seeded random test subset."""
+    toy = _toy_dataset({"test": "sorted by class"})
+    config = gap.GapConfig(n_eval=4, rows="random", train_rows="first", seed=3)
+    chosen = gap.choose_rows(config, toy, {"train": toy.train, "test": toy.test})
+    np.testing.assert_array_equal(chosen["train"][0], np.arange(4))
+    test_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(3), gap.SPLITS.index("test")), 0)
+    expected = np.sort(np.asarray(jax.random.permutation(test_key, 10))[:4])
+    np.testing.assert_array_equal(chosen["test"][0], expected)
+    np.testing.assert_array_equal(chosen["test"][1], toy.test[expected])
+    assert (config.rows_of("train"), config.rows_of("test")) == ("first", "random")
+    assert gap.GapConfig(rows="first").rows_of("train") == "first"  # train_rows "" follows rows
+    with pytest.raises(ValueError, match=r"train_rows must be one of \('random', 'first'\).*train_rows='last'"):
+        gap.GapConfig(train_rows="last").validate()
+
+
+def test_binarized_mnist_first_test_rows_refused_before_training(binarized_mnist, monkeypatch, tmp_path):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing the row choice")
+
+    monkeypatch.setattr(gap, "train_vae", no_training)
+    config = apply_overrides(gap.GapConfig(), ["vae.dataset=binarized_mnist", "n_eval=1000", "rows=first"])
+    with pytest.raises(ValueError, match=r"binarized_mnist test: rows='first' refused: the split is sorted by digit"):
+        gap.run(config, str(tmp_path / "gap"), data_dir=str(_real_data_dir()), progress=False)
+    assert not (tmp_path / "gap").exists()
+
+
+def _class_mix_chi_square(labels: np.ndarray, population: np.ndarray) -> float:
+    """Pearson's statistic of the class counts of `labels` against the population's class shares."""
+    expected = np.bincount(population, minlength=10) / len(population) * len(labels)
+    return float(np.sum((np.bincount(labels, minlength=10) - expected) ** 2 / expected))
+
+
+def test_default_random_subset_has_the_test_split_class_mix(binarized_mnist):
+    """The gap protocol's 1000 test rows (default key, seed 0) against the split's class shares.
+    Under random sampling Pearson's statistic is about chi-square with 9 degrees of freedom
+    (conservative here: drawing 1000 of 10000 without replacement shrinks each count's variance by
+    (N - n) / (N - 1) = 0.9), so it exceeds chi2.ppf(1 - SIGNIFICANCE, 9) = 27.9 with probability
+    below SIGNIFICANCE. The first 1000 rows (980 zeros, 20 ones) exceed it by far."""
+    threshold = stats.chi2.ppf(1 - SIGNIFICANCE, df=9)
+    labels = binarized_mnist.test_labels
+    splits = {"train": binarized_mnist.train, "test": binarized_mnist.test}
+    index, _ = gap.choose_rows(gap.GapConfig(n_eval=1000, splits=("test",)), binarized_mnist, splits)["test"]
+    assert len(index) == 1000
+    assert _class_mix_chi_square(labels[index], labels) < threshold
+    assert _class_mix_chi_square(labels[:1000], labels) > 100 * threshold  # why "first" is refused

@@ -1,12 +1,16 @@
 """Published presets: every hyperparameter against the papers, and the learning rate of every epoch."""
 import dataclasses
+import os
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vi_jax import data
 from vi_jax.presets import PRESETS, cremer_schedule, get_preset, iwae_schedule, scale_epochs
 from vi_jax.train import stage_of_epoch, staged_learning_rate
+from vi_jax.vae import load_training_data
 
 # Burda et al. 2015, section 5 / appendix: stage i = 1..8 lasts 3^(i-1) epochs at
 # 1e-4 * round(10^(1 - (i-1)/7), 1); the rounded factors written out.
@@ -113,3 +117,20 @@ def test_bad_schedule_and_objective_options_are_named(change, message):
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="unknown preset 'iwae_k2'"):
         get_preset("iwae_k2")
+
+
+@pytest.mark.parametrize("name", ["iwae_k1_dynamic", "iwae_k5_dynamic", "iwae_k50_dynamic"])
+def test_dynamic_presets_load_real_mnist(name):
+    """The dynamic-binarization presets' data through the training path: grey training images
+    (resampled each step), a test split of exact 0/1 draws; the IDX loader's own checks are in
+    tests/test_data.py."""
+    data_dir = Path(os.environ.get(data.DATA_DIR_ENV) or Path(__file__).parents[2] / "shared" / "data")
+    if not any(data_dir.glob("**/t10k-images-idx3-ubyte*")):
+        pytest.skip(f"real MNIST IDX files not found under {data_dir}; set {data.DATA_DIR_ENV} to run this test")
+    dataset, train, test = load_training_data(get_preset(name).vae, str(data_dir))
+    assert dataset.name == "mnist" and train.shape == (60000, 784) and test.shape == (10000, 784)
+    assert len(np.unique(train)) == 256  # grey levels k / 255
+    assert set(np.unique(test)) == {0.0, 1.0}
+    # each test pixel is one Bernoulli(grey) draw: the mean ink matches the grey mean within sampling error
+    grey_ink = dataset.test.sum()
+    assert abs(test.sum() - grey_ink) < 5 * np.sqrt(np.sum(dataset.test * (1 - dataset.test)))

@@ -4,10 +4,14 @@ The presets' dataset is binarized MNIST; these runs use the embedded digits data
 dataset=digits) so that they run everywhere; the binarized-MNIST loader has its own tests."""
 import json
 import os
+from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from experiments import reproduce
+from vi_jax import data
 
 TINY = ["--epochs-scale", "0.001", "--num-train", "200", "--num-test", "40", "--num-valid", "40",
         "--no-progress", "--set", "dataset=digits", "--set", "latent_dim=2", "--set", "encoder_hidden=16",
@@ -32,11 +36,16 @@ def test_iwae_preset_runs_and_reports_against_the_paper(tmp_path):
     assert any("eval_elbo" in h for h in metrics["history"])
     for name in ("metrics.json", "reproduce.md", "elbo_curve.png", "params.msgpack", "checkpoints"):
         assert os.path.exists(tmp_path / "a" / name), name
+    # --num-test 40: a seeded random 40 of digits' 300 test rows, not the first 40
+    rows = metrics["test_rows"]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), reproduce.HELD_OUT_KEY), 0)
+    assert (rows["choice"], rows["n"], rows["of"], metrics["n_test"]) == ("random", 40, 300, 40)
+    assert rows["indices"] == np.sort(np.asarray(jax.random.permutation(key, 300))[:40]).tolist()
     # resuming is train_vae's (tests/test_scale.py kills a run and resumes it bit for bit)
 
 
 @pytest.mark.slow
-def test_cremer_preset_runs_the_gap_protocol_on_the_first_points(tmp_path):
+def test_cremer_preset_runs_the_gap_protocol_on_first_train_and_random_test_points(tmp_path):
     gap_quick = ["protocol.local_fit.max_steps=300", "protocol.local_fit.check_every=20", "protocol.elbo_samples=20",
                  "protocol.iwae_samples=50", "protocol.refine_steps=0,2", "protocol.ais.num_steps=5",
                  "protocol.ais.num_chains=2", "protocol.ais.leapfrog_steps=2", "protocol.ais.adapt_chains=1"]
@@ -51,4 +60,33 @@ def test_cremer_preset_runs_the_gap_protocol_on_the_first_points(tmp_path):
         assert gaps["inference_gap"]["mean"] == pytest.approx(
             gaps["approximation_gap_ffg"]["mean"] + gaps["amortization_gap_ffg"]["mean"], abs=1e-4)
     with open(tmp_path / "gap" / "gap.json") as f:
-        assert json.load(f)["config"]["rows"] == "first"
+        result = json.load(f)
+    assert (result["config"]["rows"], result["config"]["train_rows"]) == ("random", "first")
+    assert [result["splits"][split]["rows"]["choice"] for split in ("train", "test")] == ["first", "random"]
+    np.testing.assert_array_equal(np.load(tmp_path / "gap" / "gap_train.npz")["rows"], np.arange(10))
+    assert not np.array_equal(np.load(tmp_path / "gap" / "gap_test.npz")["rows"], np.arange(10))
+
+
+@pytest.mark.parametrize("flag", ["--num-train", "--num-test", "--num-valid", "--gap-points"])
+def test_negative_counts_are_usage_errors(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--preset", "iwae_k1", flag, "-1"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be an integer >= " in capsys.readouterr().err
+
+
+def test_cremer_gap_rows_first_on_the_sorted_test_split_refused_before_training(monkeypatch, tmp_path):
+    data_dir = Path(os.environ.get(data.DATA_DIR_ENV) or Path(__file__).parents[2] / "shared" / "data")
+    try:
+        data.load_dataset("binarized_mnist", data_dir=str(data_dir))
+    except FileNotFoundError as err:
+        pytest.skip(f"real binarized MNIST not found ({err}); set {data.DATA_DIR_ENV} to run this test")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing the row choice")
+
+    monkeypatch.setattr(reproduce, "train_vae", no_training)
+    with pytest.raises(ValueError, match=r"binarized_mnist test: rows='first' refused: the split is sorted by digit"):
+        reproduce.main(["--preset", "cremer_ffg", "--workdir", str(tmp_path / "run"), "--data-dir", str(data_dir),
+                        "--gap-set", "rows=first", "--no-progress"])
+    assert not (tmp_path / "run").exists()
