@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -31,7 +30,7 @@ from vi_jax.distributions import Likelihood, get_likelihood
 from vi_jax.elbo import (IWAE_CHUNK_SIZE, ElboTerms, IwaeTerms, elbo_rows_per_step, make_elbo, make_iwae,
                          map_datapoints)
 from vi_jax.families import VariationalFamily, diagonal_gaussian
-from vi_jax.metrics import MetricsWriter, open_writer
+from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.models import LatentVariableModel
 from vi_jax.progress import trange
 from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step, first_nonfinite, make_epoch
@@ -239,7 +238,7 @@ def make_evaluator(cvae: CVAE, config: CVAEConfig, iwae_samples: int) -> Evaluat
 
 
 def train_cvae(cvae: CVAE, config: CVAEConfig, x, labels, *, progress: bool = True,
-               metrics: Union[None, str, os.PathLike, MetricsWriter] = None) -> TrainResult:
+               metrics: MetricsTarget = None) -> TrainResult:
     """config.num_epochs fused epochs of conditional_vi with Adam(config.learning_rate) on (x, one-hot
     labels). Keys: init fold_in(seed, 0), epoch e fold_in(fold_in(seed, 1), e). History: the
     mean training ELBO of each epoch. FloatingPointError at the first NaN/inf objective.

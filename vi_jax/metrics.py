@@ -31,11 +31,15 @@ class MetricsWriter(Protocol):
         """Record one line (kept even if the process dies right after)."""
 
 
+# what a training loop's `metrics` argument takes: nothing, a JSON-lines path, or a writer
+MetricsTarget = Union[None, str, os.PathLike, MetricsWriter]
+
+
 def _parse(path: str) -> list[tuple[str, dict]]:
     """(line, record) pairs of a metrics file; see read_metrics."""
     with open(path) as f:
         lines = f.read().split("\n")
-    last = lines.pop()  # "" unless the last write was cut short
+    lines.pop()  # what follows the last newline: "" unless the last write was cut short (skipped)
     pairs = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -99,7 +103,7 @@ class TensorBoardWriter:
         self.writer.close()
 
 
-def open_writer(metrics: Union[None, str, os.PathLike, MetricsWriter], first_epoch: int = 1) -> Optional[MetricsWriter]:
+def open_writer(metrics: MetricsTarget, first_epoch: int = 1) -> Optional[MetricsWriter]:
     """The writer a training loop's `metrics` argument names (a path: a JsonlWriter), begun at
     first_epoch; None for None (a library call without a workdir writes nothing)."""
     if metrics is None:

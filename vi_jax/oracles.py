@@ -35,9 +35,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence
 
 import distrax
 import flax.linen as nn
@@ -48,7 +47,7 @@ import optax
 from scipy import linalg
 
 from vi_jax.families import VariationalFamily
-from vi_jax.metrics import MetricsWriter, open_writer
+from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.models import LatentVariableModel
 from vi_jax.train import TrainState, amortized_vi, make_epoch
 
@@ -424,7 +423,7 @@ def encoder_only(optimizer: optax.GradientTransformation) -> optax.GradientTrans
 def train_encoder(key: Array, model: LatentVariableModel, family: VariationalFamily,
                   encoder: nn.Module, data, *, num_epochs: int, batch_size: int,
                   learning_rate: float = 3e-2, final_learning_rate: float = 1e-4,
-                  num_samples: int = 1, metrics: Union[None, str, os.PathLike, MetricsWriter] = None) -> Params:
+                  num_samples: int = 1, metrics: MetricsTarget = None) -> Params:
     """Amortized VI (`vi_jax.train.amortized_vi`) of an encoder against a fixed model.
 
     The decoder is frozen at model.init(.) (the true parameters for an oracle); Adam's step size

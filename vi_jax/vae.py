@@ -5,7 +5,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import flax.serialization
@@ -20,7 +20,7 @@ from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
-from vi_jax.metrics import MetricsWriter, open_writer
+from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.models import LatentVariableModel, decoder_model
 from vi_jax.progress import trange
 from vi_jax.train import (OBJECTIVES, WARMUP_TERMS, Algorithm, TrainState, amortized_vi, dynamically_binarized,
@@ -257,7 +257,7 @@ def _place_on_mesh(vae: VAE, state: TrainState, data, mesh):
 
 def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optional[Array] = None,
               *, progress: bool = True, checkpoint_dir: Optional[str] = None,
-              resume: bool = False, metrics: Union[None, str, os.PathLike, MetricsWriter] = None) -> TrainResult:
+              resume: bool = False, metrics: MetricsTarget = None) -> TrainResult:
     """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs
     (held-out evaluation needs an encoder, so it is skipped in non_amortized mode).
 

@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,7 +34,7 @@ import optax
 
 from vi_jax import networks
 from vi_jax.distributions import Likelihood, get_likelihood
-from vi_jax.metrics import MetricsWriter, open_writer
+from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.progress import trange
 from vi_jax.train import Algorithm, TrainState, first_nonfinite, make_epoch
 
@@ -259,7 +258,7 @@ def reconstruct(vq: VQModel, params, data: Array) -> Array:
 
 
 def train_vqvae(vq: VQModel, config: VQVAEConfig, train_data: Array, *, progress: bool = True,
-                metrics: Union[None, str, os.PathLike, MetricsWriter] = None) -> tuple[TrainState, list, float]:
+                metrics: MetricsTarget = None) -> tuple[TrainState, list, float]:
     """(state, history, seconds): config.num_epochs fused epochs (train.make_epoch); init key
     fold_in(seed, 0), epoch e key fold_in(fold_in(seed, 1), e). history holds each epoch's mean
     loss parts and batch perplexity. Raises FloatingPointError at the first NaN/inf loss.
