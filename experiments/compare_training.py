@@ -11,7 +11,8 @@ the test split: log p(x) (IWAE with the fitted q*), L[q*_FFG], the approximation
 the q the mode trained with (encoder, or the q_i table on training points) its ELBO and the
 amortization gap.
 
-Writes compare.json, compare.md (one table) and compare_<mode>_<split>.npz, atomically.
+Writes compare.json, compare.md (one table) and compare_<mode>_<split>.npz, atomically, and while
+each mode trains, its metrics_<mode>.jsonl (vi_jax.metrics).
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
         log(f"[{mode}] training for {vae_config.num_epochs} epochs")
         vae = build_vae(vae_config, dataset.dim, len(splits["train"]) // vae_config.batch_size,
                         num_train=len(splits["train"]))
-        trained = train_vae(vae, vae_config, splits["train"], progress=progress)
+        trained = train_vae(vae, vae_config, splits["train"], progress=progress,
+                            metrics=os.path.join(workdir, f"metrics_{mode}.jsonl"))
         params = trained.state.params
         result["modes"][mode] = {"train_seconds": round(trained.seconds, 2), "splits": {}}
         for i, (split, x_all) in enumerate(splits.items()):

@@ -48,7 +48,8 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     c_train = one_hot_labels(dataset.train_labels, config.num_classes, len(train))
     c_test = one_hot_labels(dataset.test_labels, config.num_classes, len(test))
     cvae = build_cvae(config, dataset.dim)
-    result = train_cvae(cvae, config, train, dataset.train_labels, progress=progress)
+    result = train_cvae(cvae, config, train, dataset.train_labels, progress=progress,
+                        metrics=os.path.join(workdir, "metrics.jsonl"))
     params = result.state.params
 
     start = time.perf_counter()

@@ -32,7 +32,8 @@ Settings (model, q):
 Writes into --workdir (atomically, estimator_variance.json last): estimator_variance.json
 (seed, config, environment, wall seconds, per setting and row: estimator, kl, M, mean gradient
 [N, P], its norm per datapoint, total variance and its standard error, ratio, max |z|),
-estimator_variance.md (tables) and variance_vs_samples.png (total variance against M, log-log).
+estimator_variance.md (tables) and variance_vs_samples.png (total variance against M, log-log);
+metrics.jsonl while it trains a VAE (vi_jax.metrics).
 
 Expected with --vae and otherwise the defaults (seed 0, CPU), total variance per datapoint as a
 ratio to reparam/analytic at M = 2 / M = 32 (reparam/analytic itself: 1.94e4 / 1.25e3 at the
@@ -186,7 +187,7 @@ def linear_settings(config: EstimatorVarianceConfig, key, log) -> tuple[dict, di
     return settings, seconds
 
 
-def vae_setting(config: EstimatorVarianceConfig, key, log, progress: bool) -> tuple[dict, dict]:
+def vae_setting(config: EstimatorVarianceConfig, key, log, progress: bool, workdir: str) -> tuple[dict, dict]:
     start = time.perf_counter()
     if config.checkpoint:
         vae_config, vae, params = load_trained_vae(config.checkpoint)
@@ -196,7 +197,8 @@ def vae_setting(config: EstimatorVarianceConfig, key, log, progress: bool) -> tu
         dataset, train, test = load_training_data(vae_config)
         log(f"[vae] training ({vae_config.num_epochs} epochs)")
         vae = build_vae(vae_config, dataset.dim, len(train) // vae_config.batch_size)
-        params = train_vae(vae, vae_config, train, progress=progress).state.params
+        params = train_vae(vae, vae_config, train, progress=progress,
+                           metrics=os.path.join(workdir, "metrics.jsonl")).state.params
     seconds = {"vae/train_or_load": round(time.perf_counter() - start, 2)}
     start = time.perf_counter()
     x = jnp.asarray(test[:config.num_points])
@@ -270,7 +272,7 @@ def run(config: EstimatorVarianceConfig, workdir: str, *, progress: bool = True)
     key = jax.random.PRNGKey(config.seed)
     settings, seconds = linear_settings(config, jax.random.fold_in(key, 0), log)
     if config.include_vae or config.checkpoint:
-        vae_settings, vae_seconds = vae_setting(config, jax.random.fold_in(key, 1), log, progress)
+        vae_settings, vae_seconds = vae_setting(config, jax.random.fold_in(key, 1), log, progress, workdir)
         settings |= vae_settings
         seconds |= vae_seconds
     seconds["total"] = round(time.perf_counter() - start, 2)

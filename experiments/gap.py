@@ -215,7 +215,8 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     if not config.checkpoint:
         log(f"training the amortized VAE ({vae_config.num_epochs} epochs on {vae_config.dataset})")
         vae = build_vae(vae_config, dataset.dim, len(splits["train"]) // vae_config.batch_size)
-        params = train_vae(vae, vae_config, splits["train"], progress=progress).state.params
+        params = train_vae(vae, vae_config, splits["train"], progress=progress,
+                           metrics=os.path.join(workdir, "metrics.jsonl")).state.params
         trained_here = True
     timings["vae"] = time.perf_counter() - start
 

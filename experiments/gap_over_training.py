@@ -125,7 +125,7 @@ def run(config: GapOverTrainingConfig, workdir: str, *, data_dir: str | None = N
         for index, epoch in enumerate(epochs):
             segment = dataclasses.replace(config.vae, num_epochs=epoch)
             result = train_vae(vae, segment, train, progress=progress, checkpoint_dir=checkpoint_dir,
-                               resume=index > 0)
+                               resume=index > 0, metrics=os.path.join(workdir, "metrics.jsonl"))
             seconds["train"] += result.seconds
             log(f"epoch {epoch}: gap decomposition on {sum(sizes)} datapoints")
             t = time.perf_counter()

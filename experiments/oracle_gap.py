@@ -33,7 +33,7 @@ environment, wall seconds, the tables, the oracles' own accuracy figures), oracl
 parameters, evaluated digits, q_phi and exact q*; every per-datapoint exact and estimated
 value, so each exact number can be recomputed independently), manifold.png (E[x|z] over a grid
 of z: the learned 2-D manifold) and posteriors.png (exact posteriors of a few test digits with
-q_phi and q*_FFG).
+q_phi and q*_FFG); while training, metrics_<encoder>.jsonl and metrics_vae.jsonl (vi_jax.metrics).
 
 Expected with the defaults (seed 0, CPU), estimate - exact in nats (standard error):
   linear encoder:     log p(x) -0.0004 (0.0005), L[q_phi] +0.0002 (0.0015), L[q*_FFG] -0.0077
@@ -147,7 +147,7 @@ def _estimate(key, model, theta, family, q_table, x, protocol, log):
     return {name: arrays[name] for name, _ in QUANTITIES} | {"log_px_stderr": arrays["log_px_stderr"]}, info
 
 
-def run_linear(config: OracleGapConfig, key, log) -> tuple[dict, dict]:
+def run_linear(config: OracleGapConfig, key, log, workdir: str) -> tuple[dict, dict]:
     c = config.linear
     family = diagonal_gaussian(c.latent_dim)
     theta = oracles.linear_gaussian_params(jax.random.fold_in(key, 0), c.latent_dim, c.data_dim,
@@ -172,7 +172,8 @@ def run_linear(config: OracleGapConfig, key, log) -> tuple[dict, dict]:
         params = oracles.train_encoder(jax.random.fold_in(key, 10 + index), model, family, encoder, x,
                                        num_epochs=c.encoder_epochs, batch_size=c.encoder_batch_size,
                                        learning_rate=c.encoder_learning_rate,
-                                       final_learning_rate=c.encoder_final_learning_rate)
+                                       final_learning_rate=c.encoder_final_learning_rate,
+                                       metrics=os.path.join(workdir, f"metrics_{name}.jsonl"))
         tables[name] = jax.vmap(family.unflatten)(encoder.apply(params, jnp.asarray(x)))
         seconds[f"{name}/train"] = time.perf_counter() - start
         elbo_q = oracles.gaussian_elbo(theta, x, _q_numpy(tables[name]))
@@ -208,7 +209,7 @@ def seeded_subset(key, n_rows: int, n: int) -> np.ndarray:
     return np.sort(np.asarray(jax.random.permutation(key, n_rows))[:n])
 
 
-def run_vae(config: OracleGapConfig, key, log, progress: bool) -> tuple[dict, dict]:
+def run_vae(config: OracleGapConfig, key, log, progress: bool, workdir: str) -> tuple[dict, dict]:
     c = config.vae
     vae_config = c.vae
     seconds = {}
@@ -216,7 +217,8 @@ def run_vae(config: OracleGapConfig, key, log, progress: bool) -> tuple[dict, di
     dataset, train, test = load_training_data(vae_config)
     log(f"[vae] training the VAE ({vae_config.num_epochs} epochs)")
     vae = build_vae(vae_config, dataset.dim, len(train) // vae_config.batch_size)
-    params = train_vae(vae, vae_config, train, progress=progress).state.params
+    params = train_vae(vae, vae_config, train, progress=progress,
+                       metrics=os.path.join(workdir, "metrics_vae.jsonl")).state.params
     seconds["train"] = time.perf_counter() - start
     rows = seeded_subset(jax.random.fold_in(key, 0), len(test), c.num_points)
     x = np.asarray(test[rows])
@@ -356,8 +358,8 @@ def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict
     config.vae.quadrature.validate(config.vae.vae.latent_dim)
     start = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)
-    linear_sections, linear_info = run_linear(config, jax.random.fold_in(key, 0), log)
-    vae_sections, vae_info = run_vae(config, jax.random.fold_in(key, 1), log, progress)
+    linear_sections, linear_info = run_linear(config, jax.random.fold_in(key, 0), log, workdir)
+    vae_sections, vae_info = run_vae(config, jax.random.fold_in(key, 1), log, progress, workdir)
     seconds = {f"linear_gaussian/{k}": round(v, 2) for k, v in linear_info["seconds"].items()}
     seconds |= {f"vae/{k}": round(v, 2) for k, v in vae_info["seconds"].items()}
 

@@ -131,7 +131,8 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
     log(f"{preset_name}: {config.num_epochs} epochs in stages {config.stage_epochs} at batch "
         f"{config.batch_size} on {len(train)} points ({len(train) // config.batch_size} steps per epoch)")
     result = train_vae(vae, config, train, valid, progress=progress,
-                       checkpoint_dir=os.path.join(workdir, "checkpoints"), resume=resume)
+                       checkpoint_dir=os.path.join(workdir, "checkpoints"), resume=resume,
+                       metrics=os.path.join(workdir, "metrics.jsonl"))
     log(f"evaluating test log p(x) with IWAE K={config.final_iwae_samples} on {len(test)} points")
     metrics = evaluate_and_save(vae, config, dataset, train, test, result, workdir)
     test_log_px = {name: metrics["test_iwae"][name] for name in ("mean", "stderr", "k")}

@@ -37,7 +37,8 @@ def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progr
     train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
                                       name=f"{config.dataset} {split}") for split in ("train", "test"))
     vq = build_vqvae(config, dataset.dim)
-    state, history, train_seconds = train_vqvae(vq, config, train, progress=progress)
+    state, history, train_seconds = train_vqvae(vq, config, train, progress=progress,
+                                                metrics=os.path.join(workdir, "metrics.jsonl"))
     params = state.params
 
     start = time.perf_counter()

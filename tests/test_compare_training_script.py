@@ -23,3 +23,5 @@ def test_compare_training_tiny(tmp_path):
             assert r["local_init"] == ("encoder" if has_q else "prior")
     assert os.path.exists(tmp_path / "compare.md")
     assert len([f for f in os.listdir(tmp_path) if f.endswith(".npz")]) == 6
+    for mode in result["modes"]:
+        assert os.path.getsize(tmp_path / f"metrics_{mode}.jsonl") > 0

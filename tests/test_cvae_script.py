@@ -8,12 +8,13 @@ import pytest
 from experiments import cvae
 from vi_jax import data
 from vi_jax.cvae import CVAEConfig
+from vi_jax.metrics import read_metrics
 
 
 @pytest.mark.slow
 def test_cvae_quick_run_writes_results(tmp_path):
     cvae.main(["--workdir", str(tmp_path), "--quick", "--no-progress"])
-    assert sorted(os.listdir(tmp_path)) == ["class_samples.png", "metrics.json"]
+    assert sorted(os.listdir(tmp_path)) == ["class_samples.png", "metrics.json", "metrics.jsonl"]
     with open(os.path.join(tmp_path, "metrics.json")) as f:
         metrics = json.load(f)
     for name in ("test_elbo", "test_iwae", "train_elbo"):
@@ -22,6 +23,8 @@ def test_cvae_quick_run_writes_results(tmp_path):
     assert metrics["seed"] == 0 and metrics["config"]["latent_dim"] == 2
     assert metrics["environment"]["versions"]["jax"]
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    lines = read_metrics(tmp_path / "metrics.jsonl")
+    assert [{"epoch": line["epoch"], "train_elbo": line["train_elbo"]} for line in lines] == metrics["history"]
     assert metrics["test_iwae"]["mean"] > metrics["test_elbo"]["mean"]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import gap_over_training
 from vi_jax.config import apply_overrides
+from vi_jax.metrics import read_metrics
 from vi_jax.vae import build_vae, load_training_data, train_vae
 
 
@@ -15,7 +16,7 @@ from vi_jax.vae import build_vae, load_training_data, train_vae
 def test_gap_over_training_quick_end_to_end(tmp_path):
     gap_over_training.main(["--workdir", str(tmp_path), "--quick", "--no-progress"])
     assert sorted(os.listdir(tmp_path)) == ["gap_over_training.json", "gap_over_training.md",
-                                            "gap_over_training.png"]
+                                            "gap_over_training.png", "metrics.jsonl"]
     with open(tmp_path / "gap_over_training.json") as f:
         result = json.load(f)
     assert result["epochs"] == [2, 4] and result["seed"] == 0
@@ -34,6 +35,9 @@ def test_gap_over_training_quick_end_to_end(tmp_path):
     vae = build_vae(config.vae, dataset.dim, steps_per_epoch=len(train) // config.vae.batch_size)
     history = train_vae(vae, config.vae, train, progress=False).history
     assert result["history"] == history
+    # each segment appended its epochs to the metrics file
+    lines = read_metrics(tmp_path / "metrics.jsonl")
+    assert [{"epoch": line["epoch"], "train_elbo": line["train_elbo"]} for line in lines] == history
 
 
 def test_checkpoint_epochs_end_at_the_last_epoch():

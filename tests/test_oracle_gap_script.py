@@ -8,8 +8,10 @@ import pytest
 from scipy import stats
 
 from experiments import oracle_gap
+from vi_jax.metrics import read_metrics
 
-FILES = ["manifold.png", "oracle.json", "oracle.md", "oracle.npz", "posteriors.png"]
+FILES = ["manifold.png", "metrics_linear_encoder.jsonl", "metrics_restricted_encoder.jsonl", "metrics_vae.jsonl",
+         "oracle.json", "oracle.md", "oracle.npz", "posteriors.png"]
 MODELS = ["linear_gaussian/linear_encoder", "linear_gaussian/restricted_encoder", "vae_digits_2d"]
 
 # Bias allowances (nats) on top of 4 standard errors of the mean difference, for the --quick
@@ -33,6 +35,8 @@ def test_oracle_gap_quick_end_to_end(tmp_path, capsys):
     result = run(tmp_path / "a")
     assert "| log p(x) |" in capsys.readouterr().out  # the table is printed
     assert sorted(os.listdir(tmp_path / "a")) == FILES
+    epochs = [line["epoch"] for line in read_metrics(tmp_path / "a" / "metrics_restricted_encoder.jsonl")]
+    assert epochs == list(range(1, result["config"]["linear"]["encoder_epochs"] + 1))
     assert list(result["models"]) == MODELS
     assert result["seed"] == 0 and result["environment"]["versions"]["jax"]
     assert result["config"]["protocol"]["iwae_samples"] == 500

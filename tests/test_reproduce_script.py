@@ -34,7 +34,7 @@ def test_iwae_preset_runs_and_reports_against_the_paper(tmp_path):
     assert metrics["difference_to_published"] == pytest.approx(metrics["test_log_px"]["mean"] + 87.63)
     assert [h["stage"] for h in metrics["history"]] == [1, 2, 3, 4, 5, 6, 7, 8, 8]
     assert any("eval_elbo" in h for h in metrics["history"])
-    for name in ("metrics.json", "reproduce.md", "elbo_curve.png", "params.msgpack", "checkpoints"):
+    for name in ("metrics.json", "metrics.jsonl", "reproduce.md", "elbo_curve.png", "params.msgpack", "checkpoints"):
         assert os.path.exists(tmp_path / "a" / name), name
     # --num-test 40: a seeded random 40 of digits' 300 test rows, not the first 40
     rows = metrics["test_rows"]

@@ -1,5 +1,7 @@
-"""Amortized training: reproducibility, learning, jit hygiene, KL warm-up, divergence guard."""
+"""Amortized training: reproducibility, learning, jit hygiene, KL warm-up, divergence guard,
+live metrics."""
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import optax
 from vi_jax import data
 from vi_jax.elbo import make_elbo, map_datapoints
 from vi_jax.local import make_refine
+from vi_jax.metrics import JsonlWriter, read_metrics
 from vi_jax.train import TrainInfo, first_nonfinite, kl_weight, make_epoch
 from vi_jax.vae import VAEConfig, build_vae, make_evaluator, train_vae
 
@@ -25,11 +28,11 @@ def digits():
     return jnp.asarray(dataset.train), jnp.asarray(dataset.test)
 
 
-def run_small(digits, **changes):
+def run_small(digits, metrics=None, **changes):
     config = dataclasses.replace(SMALL, **changes)
     train, test = digits
     vae = build_vae(config, train.shape[1], len(train) // config.batch_size)
-    return vae, config, train_vae(vae, config, train, test, progress=False)
+    return vae, config, train_vae(vae, config, train, test, progress=False, metrics=metrics)
 
 
 def tree_equal(a, b):
@@ -255,3 +258,67 @@ def test_iwae_objective_refuses_the_mixture_family(tiny):
 
     with pytest.raises(ValueError, match="mixture weights"):
         make_iwae_objective(tiny.model, get_family("mixture", 2), num_samples=5)
+
+
+class WatchedWriter(JsonlWriter):
+    """A JsonlWriter that notes, before each write, how many lines are already on disk."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.on_disk = []
+
+    def write(self, record):
+        self.on_disk.append(len(read_metrics(self.path)))
+        super().write(record)
+
+
+def lines_as_history(lines):
+    """The history records the metrics lines describe: each epoch's train line and its eval line
+    merged, without the fields the history does not keep."""
+    history = {}
+    for line in lines:
+        extra = ("kind", "seconds") + (("train_loss", "kl_weight", "learning_rate") if line["kind"] == "train" else ())
+        history.setdefault(line["epoch"], {}).update({k: v for k, v in line.items() if k not in extra})
+    return list(history.values())
+
+
+def test_metrics_file_grows_a_line_per_epoch_and_evaluation_and_matches_the_history(digits, tmp_path):
+    path = tmp_path / "run" / "metrics.jsonl"
+    writer = WatchedWriter(path)
+    _, config, result = run_small(digits, eval_every=2, metrics=writer, stage_epochs=(1, 2),
+                                  stage_learning_rates=(1e-3, 3e-4), kl_warmup_epochs=2)
+    lines = read_metrics(path)
+    assert [(line["kind"], line["epoch"]) for line in lines] == [("train", 1), ("train", 2), ("eval", 2), ("train", 3)]
+    assert writer.on_disk == [0, 1, 2, 3]  # each line reached the file while training went on
+    assert lines_as_history(lines) == result.history
+    train_lines = [line for line in lines if line["kind"] == "train"]
+    assert [line["learning_rate"] for line in train_lines] == [1e-3, 3e-4, 3e-4]
+    # warm-up over 2 epochs of 14 steps: beta_t = (t + 1) / 28, averaged over each epoch's steps
+    assert [line["kl_weight"] for line in train_lines] == pytest.approx([7.5 / 28, 21.5 / 28, 1.0])
+    seconds = [line["seconds"] for line in lines]
+    assert seconds == sorted(seconds) and seconds[-1] <= result.seconds
+    # without metrics nothing is written, and the numbers are the same
+    _, _, plain = run_small(digits, eval_every=2, stage_epochs=(1, 2), stage_learning_rates=(1e-3, 3e-4),
+                            kl_warmup_epochs=2)
+    assert plain.history == result.history and tree_equal(plain.state.params, result.state.params)
+
+
+def test_resumed_run_appends_to_the_metrics_file_without_duplicates(digits, tmp_path):
+    train, test = digits
+    config = dataclasses.replace(SMALL, eval_every=1, checkpoint_every=1)
+    vae = build_vae(config, train.shape[1], len(train) // config.batch_size)
+    path, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "checkpoints"
+    full = train_vae(vae, config, train, test, progress=False, checkpoint_dir=str(checkpoints), metrics=path)
+    uninterrupted = read_metrics(path)
+    # the run "died" after writing epoch 3's lines, before its checkpoint, in the middle of a line
+    shutil.rmtree(checkpoints / "3")
+    with open(path, "a") as f:
+        f.write('{"kind": "train", "epo')
+    resumed = train_vae(vae, config, train, test, progress=False, checkpoint_dir=str(checkpoints), resume=True,
+                        metrics=path)
+    lines = read_metrics(path)
+    assert [(line["kind"], line["epoch"]) for line in lines] == [(k, e) for e in (1, 2, 3) for k in ("train", "eval")]
+    assert lines[:4] == uninterrupted[:4]  # the lines before the checkpoint are kept as they were
+    drop_time = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    assert drop_time(lines) == drop_time(uninterrupted)
+    assert lines_as_history(lines) == resumed.history == full.history

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from experiments import train_vae
+from vi_jax.metrics import read_metrics
 
 TINY = ["latent_dim=2", "encoder_hidden=16", "decoder_hidden=16", "num_epochs=2", "eval_every=1",
         "eval_elbo_samples=5", "eval_iwae_samples=5", "final_iwae_samples=20", "batch_size=100"]
@@ -23,14 +24,19 @@ def run_script(workdir, *extra):
 def test_train_vae_writes_results_and_reproduces(tmp_path):
     metrics = run_script(tmp_path / "a")
     assert sorted(os.listdir(tmp_path / "a")) == [
-        "elbo_curve.png", "interpolation.png", "manifold.png", "metrics.json", "params.msgpack", "prior_samples.png",
-        "reconstructions.png"]
+        "elbo_curve.png", "interpolation.png", "manifold.png", "metrics.json", "metrics.jsonl", "params.msgpack",
+        "prior_samples.png", "reconstructions.png"]
     for name in ("test_elbo", "test_iwae", "train_elbo"):
         assert set(metrics[name]) >= {"mean", "stderr"}
     assert metrics["test_iwae"]["k"] == 20
     assert metrics["seed"] == 0 and metrics["config"]["latent_dim"] == 2
     assert metrics["environment"]["versions"]["jax"]
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    # the live metrics file holds each epoch's train line and evaluation line, with the history's numbers
+    lines = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert [(line["kind"], line["epoch"]) for line in lines] == [("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
+    assert [line["train_elbo"] for line in lines[::2]] == [h["train_elbo"] for h in metrics["history"]]
+    assert [line["eval_iwae_5"] for line in lines[1::2]] == [h["eval_iwae_5"] for h in metrics["history"]]
     # IWAE_20 >= ELBO on the same test set, beyond the standard errors
     assert metrics["test_iwae"]["mean"] > metrics["test_elbo"]["mean"]
     again = run_script(tmp_path / "b")

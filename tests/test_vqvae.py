@@ -11,6 +11,7 @@ import pytest
 
 from vi_jax import data
 from vi_jax.distributions import BERNOULLI
+from vi_jax.metrics import read_metrics
 from vi_jax.vqvae import (VQVAE, VQVAEConfig, build_vqvae, codebook_usage, evaluate, make_vqvae_loss,
                           quantize, straight_through, train_vqvae)
 
@@ -155,7 +156,7 @@ def test_vqvae_script_writes_results_and_reproduces(tmp_path):
             return json.load(f)
 
     metrics = run(tmp_path / "a")
-    assert sorted(os.listdir(tmp_path / "a")) == ["metrics.json", "reconstructions.png"]
+    assert sorted(os.listdir(tmp_path / "a")) == ["metrics.json", "metrics.jsonl", "reconstructions.png"]
     usage = metrics["codebook_usage"]
     assert sum(usage["counts"]) == metrics["n_test"] * metrics["config"]["num_latents"]
     assert usage["dead_codes"] == sum(c == 0 for c in usage["counts"])
@@ -163,6 +164,9 @@ def test_vqvae_script_writes_results_and_reproduces(tmp_path):
     assert set(metrics["test_reconstruction_nll"]) == {"mean", "stderr"}
     assert metrics["seed"] == 0 and metrics["environment"]["versions"]["jax"]
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    lines = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert [{k: v for k, v in line.items() if k not in ("kind", "learning_rate", "seconds")}
+            for line in lines] == metrics["history"]
     again = run(tmp_path / "b")
     for name in ("test_reconstruction_nll", "codebook_usage", "history"):
         assert again[name] == metrics[name]

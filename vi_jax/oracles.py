@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from typing import Any, NamedTuple, Optional, Sequence
 
 import distrax
@@ -46,6 +47,7 @@ import optax
 from scipy import linalg
 
 from vi_jax.families import VariationalFamily
+from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.models import LatentVariableModel
 from vi_jax.train import TrainState, amortized_vi, make_epoch
 
@@ -421,23 +423,43 @@ def encoder_only(optimizer: optax.GradientTransformation) -> optax.GradientTrans
 def train_encoder(key: Array, model: LatentVariableModel, family: VariationalFamily,
                   encoder: nn.Module, data, *, num_epochs: int, batch_size: int,
                   learning_rate: float = 3e-2, final_learning_rate: float = 1e-4,
-                  num_samples: int = 1) -> Params:
+                  num_samples: int = 1, metrics: MetricsTarget = None) -> Params:
     """Amortized VI (`vi_jax.train.amortized_vi`) of an encoder against a fixed model.
 
     The decoder is frozen at model.init(.) (the true parameters for an oracle); Adam's step size
     decays exponentially from learning_rate to final_learning_rate over the run, so the
     Monte-Carlo noise of the one-sample ELBO gradients averages out at the end. Epoch e uses key
     fold_in(key, e + 1); the encoder is initialised with fold_in(key, 0). Returns encoder params.
+    metrics (a path or a vi_jax.metrics writer): one "train" line per epoch (learning_rate: the
+    rate of the epoch's first step).
     """
     data = jnp.asarray(data)
-    steps = num_epochs * (data.shape[0] // batch_size)
+    steps_per_epoch = data.shape[0] // batch_size
+    steps = num_epochs * steps_per_epoch
     schedule = optax.exponential_decay(learning_rate, steps, final_learning_rate / learning_rate)
     algo = amortized_vi(model, family, encoder, encoder_only(optax.adam(schedule)),
                         num_samples=num_samples, kl=family.kl_form)
     state: TrainState = algo.init(jax.random.fold_in(key, 0), data[0])
     epoch = make_epoch(algo.step, batch_size)
+    writer = open_writer(metrics)
+    if writer is not None:
+        rates = np.asarray(schedule(jnp.arange(num_epochs) * steps_per_epoch))
+    start = time.perf_counter()
+
+    def write(e, elbo, loss):
+        writer.write({"kind": "train", "epoch": e, "train_elbo": float(elbo), "train_loss": float(loss),
+                      "learning_rate": float(rates[e - 1]), "seconds": time.perf_counter() - start})
+
+    pending = None
     for e in range(num_epochs):
-        state, _ = epoch(jax.random.fold_in(key, e + 1), state, data)
+        state, infos = epoch(jax.random.fold_in(key, e + 1), state, data)
+        if writer is not None:
+            # this loop never waits for the device: an epoch's line is read once the next epoch is queued
+            if pending is not None:
+                write(*pending)
+            pending = (e + 1, infos.elbo.mean(), infos.loss.mean())
+    if pending is not None:
+        write(*pending)
     return state.params["encoder"]
 
 

@@ -83,3 +83,46 @@ def gap_curves(epochs, splits: dict, names: dict, title: str = ""):
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _metric_line(ax, records: list, name: str, label: str, **style) -> bool:
+    rows = [(r["epoch"], r[name]) for r in records if name in r]
+    if rows:
+        ax.plot(*zip(*rows), label=label, **style)
+    return bool(rows)
+
+
+def metrics_curves(runs: dict, title: str = ""):
+    """Two panels from the live metrics records (vi_jax.metrics) of one or more runs,
+    {label: records}: nats per datapoint (the train ELBO per epoch as a line, the held-out values
+    at the evaluations with markers) and the schedule (learning rate on a log scale, the KL
+    warm-up weight on the right axis)."""
+    fig, (nats, rate) = plt.subplots(1, 2, figsize=(11, 4))
+    weight = rate.twinx()
+    has_rate = False
+    for label, records in runs.items():
+        prefix = f"{label}: " if label else ""
+        train = [r for r in records if r.get("kind") == "train"]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        elbo = "train_elbo" if any("train_elbo" in r for r in train) else "elbo"  # VQ-VAE lines say "elbo"
+        _metric_line(nats, train, elbo, prefix + "train ELBO")
+        for name in sorted({name for r in evals for name in r} - {"kind", "epoch", "seconds"}):
+            _metric_line(nats, evals, name, prefix + name, marker="o")
+        has_rate |= _metric_line(rate, train, "learning_rate", prefix + "learning rate", drawstyle="steps-post")
+        _metric_line(weight, train, "kl_weight", prefix + "KL weight", linestyle="--", color="grey")
+    nats.set_xlabel("epoch")
+    nats.set_ylabel("nats per datapoint")
+    nats.legend(fontsize=8)
+    rate.set_xlabel("epoch")
+    rate.set_ylabel("learning rate")
+    if has_rate:
+        rate.set_yscale("log")
+    weight.set_ylabel("KL weight")
+    weight.set_ylim(0.0, 1.05)
+    handles = [h for ax in (rate, weight) for h in ax.get_legend_handles_labels()[0]]
+    if handles:
+        rate.legend(handles=handles, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

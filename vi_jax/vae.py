@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from vi_jax import data, networks, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
@@ -21,7 +20,9 @@ from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
+from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.models import LatentVariableModel, decoder_model
+from vi_jax.progress import trange
 from vi_jax.train import (OBJECTIVES, WARMUP_TERMS, Algorithm, TrainState, amortized_vi, dynamically_binarized,
                           first_nonfinite, make_epoch, non_amortized_vi, semi_amortized_vi,
                           stage_of_epoch, staged_learning_rate)
@@ -256,7 +257,7 @@ def _place_on_mesh(vae: VAE, state: TrainState, data, mesh):
 
 def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optional[Array] = None,
               *, progress: bool = True, checkpoint_dir: Optional[str] = None,
-              resume: bool = False) -> TrainResult:
+              resume: bool = False, metrics: MetricsTarget = None) -> TrainResult:
     """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs
     (held-out evaluation needs an encoder, so it is skipped in non_amortized mode).
 
@@ -266,6 +267,8 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     epochs and at the end; resume=True continues from the newest checkpoint there (a missing,
     unreadable or mismatched checkpoint is an error, never a silent fresh start). Raises
     FloatingPointError at the first NaN/inf loss, before saving anything of that epoch.
+    metrics (a path or a vi_jax.metrics writer): one "train" line per epoch and one "eval" line
+    per evaluation; a resumed run drops the lines of epochs after its checkpoint.
     """
     root = jax.random.PRNGKey(config.seed)
     init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
@@ -299,9 +302,9 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
                                   "or use a fresh directory")
     elif resume:
         raise CheckpointError("resume=True needs a checkpoint_dir")
+    writer = open_writer(metrics, first_epoch)
     start = time.perf_counter()
-    bar = tqdm.trange(first_epoch, config.num_epochs + 1, desc="train", unit="epoch", disable=not progress,
-                      mininterval=1.0)
+    bar = trange(first_epoch, config.num_epochs + 1, enabled=progress)
     for epoch in bar:
         state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, batches_from)
         bad = first_nonfinite(infos)
@@ -312,14 +315,24 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
                 f"non-finite training objective at epoch {epoch}, step {bad} of the epoch: "
                 f"loss={float(infos.loss[bad])}, elbo={float(infos.elbo[bad])}; "
                 f"lower the learning rate, set grad_clip_norm, or check the data{kept}")
-        record = {"epoch": epoch, "train_elbo": float(infos.elbo.mean())}
+        # one transfer for all the epoch's means (the history's train_elbo as it always was)
+        elbo, loss, beta = jax.device_get((infos.elbo.mean(), infos.loss.mean(), infos.kl_weight.mean()))
+        record = {"epoch": epoch, "train_elbo": float(elbo)}
         if config.stage_epochs:
             record["stage"] = stage_of_epoch(config.stage_epochs, epoch)
+        if writer is not None:
+            rate = config.stage_learning_rates[record["stage"] - 1] if config.stage_epochs else config.learning_rate
+            writer.write({"kind": "train", **record, "train_loss": float(loss), "kl_weight": float(beta),
+                          "learning_rate": rate, "seconds": earlier_seconds + time.perf_counter() - start})
         if evaluator is not None and config.eval_every and epoch % config.eval_every == 0:
             key = jax.random.fold_in(eval_key, epoch)
-            record["eval_elbo"] = float(evaluator.elbo(key, state.params, eval_data).mean())
-            record[f"eval_iwae_{config.eval_iwae_samples}"] = float(
-                evaluator.iwae(key, state.params, eval_data).bound.mean())
+            evaluation = {"eval_elbo": float(evaluator.elbo(key, state.params, eval_data).mean()),
+                          f"eval_iwae_{config.eval_iwae_samples}": float(
+                              evaluator.iwae(key, state.params, eval_data).bound.mean())}
+            record.update(evaluation)
+            if writer is not None:
+                writer.write({"kind": "eval", "epoch": epoch, **evaluation,
+                              "seconds": earlier_seconds + time.perf_counter() - start})
         history.append(record)
         bar.set_postfix({k: round(v, 2) for k, v in record.items() if k != "epoch"})
         if checkpointer is not None and (epoch == config.num_epochs or

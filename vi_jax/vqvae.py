@@ -31,10 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from vi_jax import networks
 from vi_jax.distributions import Likelihood, get_likelihood
+from vi_jax.metrics import MetricsTarget, open_writer
+from vi_jax.progress import trange
 from vi_jax.train import Algorithm, TrainState, first_nonfinite, make_epoch
 
 Array = jax.Array
@@ -256,20 +257,21 @@ def reconstruct(vq: VQModel, params, data: Array) -> Array:
     return jax.vmap(vq.network.likelihood.mean)(decoded)
 
 
-def train_vqvae(vq: VQModel, config: VQVAEConfig, train_data: Array, *,
-                progress: bool = True) -> tuple[TrainState, list, float]:
+def train_vqvae(vq: VQModel, config: VQVAEConfig, train_data: Array, *, progress: bool = True,
+                metrics: MetricsTarget = None) -> tuple[TrainState, list, float]:
     """(state, history, seconds): config.num_epochs fused epochs (train.make_epoch); init key
     fold_in(seed, 0), epoch e key fold_in(fold_in(seed, 1), e). history holds each epoch's mean
-    loss parts and batch perplexity. Raises FloatingPointError at the first NaN/inf loss."""
+    loss parts and batch perplexity. Raises FloatingPointError at the first NaN/inf loss.
+    metrics (a path or a vi_jax.metrics writer): one "train" line per epoch."""
     root = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
     train_data = jnp.asarray(train_data)
     state = vq.algorithm.init(init_key, train_data[0])
     epoch_fn = make_epoch(vq.algorithm.step, config.batch_size)
     history = []
+    writer = open_writer(metrics)
     start = time.perf_counter()
-    for epoch in tqdm.trange(1, config.num_epochs + 1, desc="train", unit="epoch", disable=not progress,
-                             mininterval=1.0):
+    for epoch in trange(1, config.num_epochs + 1, enabled=progress):
         state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, train_data)
         bad = first_nonfinite(infos)
         if bad is not None:
@@ -277,5 +279,8 @@ def train_vqvae(vq: VQModel, config: VQVAEConfig, train_data: Array, *,
                                      f"loss={float(infos.loss[bad])}; lower the learning rate or check the data")
         history.append({"epoch": epoch, **{name: float(jnp.mean(value))
                                            for name, value in infos._asdict().items()}})
+        if writer is not None:
+            writer.write({"kind": "train", **history[-1], "learning_rate": config.learning_rate,
+                          "seconds": time.perf_counter() - start})
     jax.block_until_ready(state)
     return state, history, time.perf_counter() - start
