@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vi_jax import io, oracles, plotting, provenance
+from vi_jax import io, oracles, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
@@ -348,6 +348,7 @@ def _jsonable(obj):
     return obj
 
 
+@rundir.staged
 def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict:
     """Both oracles, the project's estimates, the files; returns the oracle.json dict."""
     log = print if progress else (lambda message: None)
@@ -377,6 +378,7 @@ def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/oracle", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
     parser.add_argument("--quick", action="store_true", help="a small smoke configuration (about 20 s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -388,7 +390,7 @@ def main(argv=None) -> None:
     if args.seed is not None:
         overrides += [f"seed={args.seed}", f"vae.vae.seed={args.seed}"]
     config = apply_overrides(OracleGapConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress)
+    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
     print(markdown(result))
     print(f"wrote {args.workdir}/oracle.json")
 

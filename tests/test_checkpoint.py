@@ -67,9 +67,10 @@ def test_a_flipped_bit_that_orbax_loads_silently_is_named(tmp_path):
 def test_fallback_to_an_older_intact_checkpoint_only_when_asked(tmp_path):
     checkpointer = saved(tmp_path)
     flip_bit(data_file(checkpointer, 2))
-    with pytest.warns(UserWarning, match=r"checkpoints/2 is damaged.*falling back to the older checkpoint 1"):
+    with pytest.warns(UserWarning, match=r"checkpoints/2 is damaged.*deleting it and falling back to the older "
+                                          r"checkpoint 1"):
         epoch, _, metadata = checkpointer.restore(STATE, CONFIG, fallback=True)
-    assert epoch == 1 and metadata["history"] == [1]
+    assert epoch == 1 and metadata["history"] == [1] and checkpointer.latest_epoch() == 1
     flip_bit(data_file(checkpointer, 1))
     with pytest.raises(DamagedCheckpoint, match="checkpoints/1 is damaged"), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,7 +9,7 @@ from scipy import stats
 
 from experiments import oracle_gap
 
-FILES = ["manifold.png", "oracle.json", "oracle.md", "oracle.npz", "posteriors.png"]
+FILES = ["MANIFEST.json", "manifold.png", "oracle.json", "oracle.md", "oracle.npz", "posteriors.png"]
 MODELS = ["linear_gaussian/linear_encoder", "linear_gaussian/restricted_encoder", "vae_digits_2d"]
 
 # Bias allowances (nats) on top of 4 standard errors of the mean difference, for the --quick

@@ -82,13 +82,18 @@ class Checkpointer:
             try:
                 metadata = self._metadata(epoch)
                 self._check_config(epoch, metadata, config, defaults)
-                return epoch, self._state(epoch, template_state, metadata), metadata
+                state = self._state(epoch, template_state, metadata)
             except DamagedCheckpoint as err:
                 if not fallback or i == len(epochs) - 1:
                     hint = "" if fallback else (f"; to resume from an older intact checkpoint ({epochs[1:]}), ask "
                                                 "for the fallback (--fallback-to-intact)" if len(epochs) > 1 else "")
                     raise DamagedCheckpoint(f"{err}{hint}") from err
-                warnings.warn(f"{err}; falling back to the older checkpoint {epochs[i + 1]}", stacklevel=2)
+                warnings.warn(f"{err}; deleting it and falling back to the older checkpoint {epochs[i + 1]}",
+                              stacklevel=2)
+                continue
+            for damaged in epochs[:i]:  # the resumed run saves these epochs again
+                self.manager.delete(damaged)
+            return epoch, state, metadata
         raise AssertionError("unreachable")
 
     def newest_verified(self, template_state: Any) -> Optional[int]:
