@@ -1,16 +1,19 @@
 """Checkpoints carry checksums: a damaged one is named, an older intact one is used only when
 asked, and an older version's checkpoint (no checksums) still restores, with a warning."""
+import dataclasses
 import json
 import os
 import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from vi_jax.checkpoint import (CheckpointError, Checkpointer, DamagedCheckpoint, UnverifiedCheckpointWarning,
                                state_checksums)
+from vi_jax.vae import VAEConfig, build_vae, train_vae
 
 CONFIG = {"latent_dim": 2, "hidden": [16]}
 # random values: orbax stores them uncompressed, so a flipped bit reads back as a changed number
@@ -115,3 +118,18 @@ def test_a_different_config_is_not_damage_and_never_falls_back(tmp_path):
                                               r"checkpoint 2 vs now 3\)") as info:
         saved(tmp_path).restore(STATE, {**CONFIG, "latent_dim": 3}, fallback=True)
     assert not isinstance(info.value, DamagedCheckpoint)
+
+
+def test_divergence_names_the_quantity_and_the_last_verified_checkpoint(tmp_path):
+    """A resumed run whose data turn NaN (data are not part of the config) diverges at epoch 2."""
+    config = VAEConfig(latent_dim=2, encoder_hidden=(4,), decoder_hidden=(4,), batch_size=10, num_epochs=1,
+                       eval_every=0, checkpoint_every=1)
+    x = (np.random.default_rng(0).random((40, 5)) > 0.5).astype(np.float32)
+    vae = build_vae(config, 5, steps_per_epoch=4)
+    directory = str(tmp_path / "checkpoints")
+    train_vae(vae, config, x, progress=False, checkpoint_dir=directory)
+    x[3, 0] = np.nan
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step \d+ of the epoch \((loss and elbo|loss|elbo) "
+                                                 r"non-finite\).*the last verified checkpoint is epoch 1 in "):
+        train_vae(vae, dataclasses.replace(config, num_epochs=2), x, progress=False, checkpoint_dir=directory,
+                  resume=True)
