@@ -86,6 +86,20 @@ def test_reused_workdir_is_refused_unless_overwrite_or_resume(tmp_path):
         toy_run("four", workdir, overwrite=True, resume=True)
 
 
+@pytest.mark.parametrize("where", ["cwd", "parent", "git_checkout"])
+def test_overwrite_refuses_a_directory_that_is_not_a_workdir(tmp_path, monkeypatch, where):
+    (tmp_path / "project" / "src").mkdir(parents=True)
+    (tmp_path / "project" / "notes.txt").write_text("keep")
+    workdir = {"cwd": ".", "parent": "..", "git_checkout": str(tmp_path / "project")}[where]
+    monkeypatch.chdir(tmp_path / "project" / ("src" if where == "parent" else ""))
+    if where == "git_checkout":
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "project" / ".git").mkdir()
+    with pytest.raises(RunDirError, match="refusing to overwrite"):
+        toy_run("one", workdir, overwrite=True)
+    assert (tmp_path / "project" / "notes.txt").read_text() == "keep"
+
+
 @pytest.mark.parametrize("flag, survives", [("resume", True), ("overwrite", False)])
 def test_failed_run_leaves_nothing_inconsistent(tmp_path, flag, survives):
     """A run that raises publishes nothing: resuming keeps the previous finished run intact,

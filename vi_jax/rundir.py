@@ -196,6 +196,16 @@ def _manifest_summary(workdir: str) -> str:
         return "an unreadable manifest"
 
 
+def _check_clearable(workdir: str) -> None:
+    """Refuse to overwrite a directory that is plainly not a workdir (a mistyped --workdir . or ~)."""
+    path, cwd = os.path.realpath(workdir), os.path.realpath(os.getcwd())
+    home = os.path.realpath(os.path.expanduser("~"))
+    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep) or path == home \
+            or os.path.exists(os.path.join(path, ".git")):
+        raise RunDirError(f"{workdir}: refusing to overwrite the current directory, one above it, the home directory "
+                          "or a git checkout; choose a workdir of its own")
+
+
 @contextlib.contextmanager
 def open_run(workdir: str, config: Any, *, experiment: str = "", overwrite: bool = False, resume: bool = False,
              clear_stale_lock: bool = False) -> Iterator[str]:
@@ -214,6 +224,8 @@ def open_run(workdir: str, config: Any, *, experiment: str = "", overwrite: bool
             raise RunDirError(f"{workdir}: holds the results of another run ({_manifest_summary(workdir)}; {shown}); "
                               "pass --overwrite to replace them, --resume to continue its checkpoints, "
                               "or choose another --workdir")
+        if overwrite and old:
+            _check_clearable(workdir)
         if overwrite:  # the manifest first: a workdir caught half-cleared reads as unfinished
             for name in sorted(old, key=lambda n: n != MANIFEST) + [CHECKPOINTS]:
                 if os.path.lexists(os.path.join(workdir, name)):
@@ -323,19 +335,21 @@ def verify(workdir: str) -> dict:
     for name, expected in manifest["files"].items():
         file = os.path.join(workdir, name)
         if not os.path.isfile(file):
-            raise RunDirError(f"{file}: listed in {MANIFEST} but missing: the run's files were changed after it finished")
+            raise RunDirError(f"{file}: listed in {MANIFEST} but missing: the run's files were changed after "
+                              "it finished")
         size = os.path.getsize(file)
         if size != expected["size"] or file_sha256(file) != expected["sha256"]:
             what = f"size {size}, manifest {expected['size']}" if size != expected["size"] else "sha256 differs"
             raise RunDirError(f"{file}: damaged or replaced since the run finished ({what})")
-    extra = sorted(set(_listing_names(workdir)) - set(manifest["files"]))
+    extra = sorted(set(result_files(workdir)) - set(manifest["files"]))
     if extra:
         raise RunDirError(f"{os.path.join(workdir, extra[0])}: not in {MANIFEST}: a file of another run "
                           f"mixed into this one ({len(extra)} such file(s))")
     return manifest
 
 
-def _listing_names(workdir: str) -> list[str]:
+def result_files(workdir: str) -> list[str]:
+    """The result files of workdir, relative to it (not the manifest, lock, staging or checkpoints)."""
     names = []
     for name in _results(workdir):
         if name == MANIFEST:
@@ -363,7 +377,7 @@ def adopt(workdir: str, check: Optional[Callable[[str], Any]] = None) -> dict:
         if check is not None:
             check(workdir)
         files = {name: {"size": os.path.getsize(os.path.join(workdir, name)),
-                        "sha256": file_sha256(os.path.join(workdir, name))} for name in _listing_names(workdir)}
+                        "sha256": file_sha256(os.path.join(workdir, name))} for name in result_files(workdir)}
         _write_manifest(workdir, files, status="adopted", experiment="unknown (older version)",
                         config_sha256=None, started=None)
     finally:
