@@ -27,8 +27,8 @@ def run_script(workdir, *extra):
 def test_train_vae_writes_results_and_reproduces(tmp_path):
     metrics = run_script(tmp_path / "a")
     assert sorted(os.listdir(tmp_path / "a")) == [
-        "MANIFEST.json", "elbo_curve.png", "interpolation.png", "manifold.png", "metrics.json", "params.msgpack", "prior_samples.png",
-        "reconstructions.png"]
+        "MANIFEST.json", "elbo_curve.png", "interpolation.png", "manifold.png", "metrics.json", "params.msgpack",
+        "prior_samples.png", "reconstructions.png"]
     for name in ("test_elbo", "test_iwae", "train_elbo"):
         assert set(metrics[name]) >= {"mean", "stderr"}
     assert metrics["test_iwae"]["k"] == 20

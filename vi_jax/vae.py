@@ -360,26 +360,32 @@ def load_trained_vae(workdir: str, *, verify: bool = True) -> tuple[VAEConfig, V
 
 def check_legacy_workdir(workdir: str) -> None:
     """Raise unless workdir holds one finished train_vae/reproduce run of an older version (no
-    manifest): metrics.json and params.msgpack load as a model, params.msgpack was written
-    before metrics.json, and with checkpoints, the newest is of the final epoch and holds exactly
-    these parameters. The check behind `python -m vi_jax.rundir adopt`."""
+    manifest): metrics.json and params.msgpack load as a model; the file such a run writes last
+    (reproduce.md for reproduce, else metrics.json) exists and no result file is newer; with
+    checkpoints, the newest is of the final epoch and holds exactly these parameters. The check
+    behind `python -m vi_jax.rundir adopt`."""
     config, vae, params = load_trained_vae(workdir, verify=False)
     metrics_path, params_path = os.path.join(workdir, "metrics.json"), os.path.join(workdir, "params.msgpack")
-    if os.path.getmtime(params_path) > os.path.getmtime(metrics_path):
-        raise ValueError(f"{params_path}: newer than {metrics_path}: written by a later run that did not finish")
+    saved = io.read_json(metrics_path)
+    last = os.path.join(workdir, "reproduce.md" if "preset" in saved else "metrics.json")
+    if not os.path.exists(last):
+        raise ValueError(f"{last}: missing: the run did not finish (it is the file the run writes last)")
+    newest = max((os.path.join(workdir, name) for name in rundir.result_files(workdir)), key=os.path.getmtime)
+    if os.path.getmtime(newest) > os.path.getmtime(last):
+        raise ValueError(f"{newest}: newer than {last}, the run's last file: written by a later run that "
+                         "did not finish")
     checkpoints = os.path.join(workdir, rundir.CHECKPOINTS)
     if os.path.isdir(checkpoints):
         checkpointer = Checkpointer(checkpoints)
-        last = checkpointer.latest_epoch()
-        if last is not None:
-            if last != config.num_epochs:
-                raise ValueError(f"{checkpoints}/{last}: the newest checkpoint is not of the final epoch "
+        final = checkpointer.latest_epoch()
+        if final is not None:
+            if final != config.num_epochs:
+                raise ValueError(f"{checkpoints}/{final}: the newest checkpoint is not of the final epoch "
                                  f"{config.num_epochs}: the run did not finish")
-            saved = io.read_json(metrics_path)
             template = vae.algorithm.init(jax.random.PRNGKey(0), jnp.zeros(saved["data_dim"]))
             _, state, _ = checkpointer.restore(template, dataclasses.asdict(config),
                                                defaults=dataclasses.asdict(VAEConfig()))
             same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), state.params, params)
             if not all(jax.tree.leaves(same)):
-                raise ValueError(f"{params_path}: differs from the final checkpoint {checkpoints}/{last}: "
+                raise ValueError(f"{params_path}: differs from the final checkpoint {checkpoints}/{final}: "
                                  "the files are of different runs")
