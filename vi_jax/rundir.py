@@ -390,12 +390,15 @@ def main(argv=None) -> None:
     parser.add_argument("command", choices=("verify", "adopt"))
     parser.add_argument("workdir")
     args = parser.parse_args(argv)
-    if args.command == "verify":
-        manifest = verify(args.workdir)
-    else:
-        from vi_jax.vae import check_legacy_workdir  # the checks know the VAE's files
+    try:
+        if args.command == "verify":
+            manifest = verify(args.workdir)
+        else:
+            from vi_jax.vae import check_legacy_workdir  # the checks know the VAE's files
 
-        manifest = adopt(args.workdir, check_legacy_workdir)
+            manifest = adopt(args.workdir, check_legacy_workdir)
+    except (OSError, ValueError) as err:  # the message names the file; a traceback adds nothing
+        parser.exit(1, f"{err}\n")
     print(f"{args.workdir}: {manifest['status']} run, {len(manifest['files'])} files verified")
 
 
