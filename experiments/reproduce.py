@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     options = RunOptions(epochs_scale=args.epochs_scale, num_train=args.num_train, num_test=args.num_test,
                          num_valid=args.num_valid, checkpoint_every=args.checkpoint_every,
                          gap_points=args.gap_points, gap_overrides=tuple(args.gap_overrides))
-    workdir = args.workdir or os.path.join("runs", args.preset)
+    workdir = os.path.join("runs", args.preset) if args.workdir is None else args.workdir  # "" is an error
     metrics = run(args.preset, workdir, options, overrides=args.overrides, data_dir=args.data_dir,
                   resume=args.resume, resume_fallback=args.fallback_to_intact, progress=not args.no_progress,
                   **rundir.arguments(args))

@@ -118,10 +118,9 @@ def test_failed_run_leaves_nothing_inconsistent(tmp_path, flag, survives):
 
 
 def test_refused_run_leaves_no_empty_workdir(tmp_path):
-    workdir = str(tmp_path / "new")
     with pytest.raises(RuntimeError):
-        toy_run("one", workdir, fail=True)
-    assert not os.path.exists(workdir)
+        toy_run("one", str(tmp_path / "new" / "run"), fail=True)
+    assert os.listdir(tmp_path) == []
 
 
 TAMPER = {

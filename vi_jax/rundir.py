@@ -109,14 +109,16 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def check_writable(workdir: str) -> bool:
+def check_writable(workdir: str) -> Optional[str]:
     """Create workdir if needed and prove it writable; RunDirError naming it if not. Returns
-    whether it was created here."""
+    the topmost directory created here (None if workdir existed)."""
     if not isinstance(workdir, str) or not workdir.strip():
         raise RunDirError(f"workdir {workdir!r}: empty path; pass a directory, e.g. --workdir runs/NAME")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise RunDirError(f"{workdir}: exists and is not a directory")
-    created = not os.path.exists(workdir)
+    created, parent = None, os.path.abspath(workdir)
+    while not os.path.exists(parent):
+        created, parent = parent, os.path.dirname(parent)
     try:
         os.makedirs(workdir, exist_ok=True)
         with tempfile.TemporaryFile(dir=workdir):
@@ -243,8 +245,13 @@ def open_run(workdir: str, config: Any, *, experiment: str = "", overwrite: bool
         if staging is not None:
             _ACTIVE.pop(os.path.abspath(staging), None)
         lock.release()
-        if created and not os.listdir(workdir):  # a run refused or failed leaves no empty workdir
-            os.rmdir(workdir)
+        if created is not None:  # a run refused or failed leaves no empty workdir (nor its new parents)
+            path = os.path.abspath(workdir)
+            while not os.listdir(path):
+                os.rmdir(path)
+                if path == created:
+                    break
+                path = os.path.dirname(path)
 
 
 def _listing(root: str) -> dict:
