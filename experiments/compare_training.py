@@ -24,7 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from vi_jax import io, provenance
+from vi_jax import io, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import take_rows
@@ -61,6 +61,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@rundir.staged
 def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     log = print if progress else (lambda message: None)
     for mode in config.modes:
@@ -79,7 +80,7 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
         vae = build_vae(vae_config, dataset.dim, len(splits["train"]) // vae_config.batch_size,
                         num_train=len(splits["train"]))
         trained = train_vae(vae, vae_config, splits["train"], progress=progress,
-                            metrics=os.path.join(workdir, f"metrics_{mode}.jsonl"))
+                            metrics=rundir.live_path(workdir, f"metrics_{mode}.jsonl"))
         params = trained.state.params
         result["modes"][mode] = {"train_seconds": round(trained.seconds, 2), "splits": {}}
         for i, (split, x_all) in enumerate(splits.items()):
@@ -112,6 +113,7 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/compare", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed and the VAE's seed")
     parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
     parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
@@ -124,7 +126,7 @@ def main(argv=None) -> None:
         overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
     config = apply_overrides(CompareConfig(), overrides)
     start = time.perf_counter()
-    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
     print(markdown(result))
     print(f"wrote {args.workdir}/compare.json in {time.perf_counter() - start:.0f} s")
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance
+from vi_jax import data, io, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.cvae import CVAEConfig, build_cvae, generate, make_evaluator, one_hot_labels, train_cvae
 from vi_jax.vae import mean_and_stderr
@@ -36,6 +36,7 @@ QUICK = ["latent_dim=2", "encoder_hidden=16", "decoder_hidden=16", "prior_hidden
          "batch_size=100", "eval_elbo_samples=5", "final_iwae_samples=20", "samples_per_class=4"]
 
 
+@rundir.staged
 def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     """Train, evaluate, write the workdir's files; return the metrics dict."""
     config.validate()
@@ -49,7 +50,7 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     c_test = one_hot_labels(dataset.test_labels, config.num_classes, len(test))
     cvae = build_cvae(config, dataset.dim)
     result = train_cvae(cvae, config, train, dataset.train_labels, progress=progress,
-                        metrics=os.path.join(workdir, "metrics.jsonl"))
+                        metrics=rundir.live_path(workdir, "metrics.jsonl"))
     params = result.state.params
 
     start = time.perf_counter()
@@ -88,6 +89,7 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/cvae", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
     parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS} that has labels")
     parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
@@ -102,7 +104,7 @@ def main(argv=None) -> None:
     if args.dataset is not None:
         overrides.append(f"dataset={args.dataset}")
     config = apply_overrides(CVAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
     k = metrics["test_iwae"]["k"]
     print(f"test ELBO(x|c)     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats")
     print(f"test IWAE_{k}(x|c) {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats")

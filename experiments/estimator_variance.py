@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from vi_jax import io, oracles, plotting, provenance
+from vi_jax import io, oracles, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, make_elbo, map_datapoints
 from vi_jax.families import diagonal_gaussian
@@ -198,7 +198,7 @@ def vae_setting(config: EstimatorVarianceConfig, key, log, progress: bool, workd
         log(f"[vae] training ({vae_config.num_epochs} epochs)")
         vae = build_vae(vae_config, dataset.dim, len(train) // vae_config.batch_size)
         params = train_vae(vae, vae_config, train, progress=progress,
-                           metrics=os.path.join(workdir, "metrics.jsonl")).state.params
+                           metrics=rundir.live_path(workdir, "metrics.jsonl")).state.params
     seconds = {"vae/train_or_load": round(time.perf_counter() - start, 2)}
     start = time.perf_counter()
     x = jnp.asarray(test[:config.num_points])
@@ -264,6 +264,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@rundir.staged
 def run(config: EstimatorVarianceConfig, workdir: str, *, progress: bool = True) -> dict:
     """Every setting's rows, the files; returns the estimator_variance.json dict."""
     config.validate()
@@ -288,6 +289,7 @@ def run(config: EstimatorVarianceConfig, workdir: str, *, progress: bool = True)
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/estimator_variance", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
     parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
     parser.add_argument("--vae", action="store_true", help="also train a digits VAE (config.vae) and measure it")
@@ -305,7 +307,7 @@ def main(argv=None) -> None:
     if args.checkpoint is not None:
         overrides.append(f"checkpoint={args.checkpoint}")
     config = apply_overrides(EstimatorVarianceConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress)
+    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
     print(markdown(result))
     print(f"wrote {args.workdir}/estimator_variance.json")
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, plotting, provenance
+from vi_jax import io, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
@@ -198,6 +198,7 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
     plotting.close(fig)
 
 
+@rundir.staged
 def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     log = print if progress else (lambda message: None)
     config.validate()
@@ -216,7 +217,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         log(f"training the amortized VAE ({vae_config.num_epochs} epochs on {vae_config.dataset})")
         vae = build_vae(vae_config, dataset.dim, len(splits["train"]) // vae_config.batch_size)
         params = train_vae(vae, vae_config, splits["train"], progress=progress,
-                           metrics=os.path.join(workdir, "metrics.jsonl")).state.params
+                           metrics=rundir.live_path(workdir, "metrics.jsonl")).state.params
         trained_here = True
     timings["vae"] = time.perf_counter() - start
 
@@ -268,6 +269,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/gap", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
     parser.add_argument("--checkpoint", default=None, help="a train_vae workdir whose VAE to evaluate")
     parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
@@ -283,7 +285,7 @@ def main(argv=None) -> None:
     if args.checkpoint is not None:
         overrides.append(f"checkpoint={args.checkpoint}")
     config = apply_overrides(GapConfig(), overrides)
-    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
     print(markdown(result))
     print(f"wrote {args.workdir}/gap.json; wall seconds: {result['wall_seconds']['total']}")
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.gap import subset
-from vi_jax import io, plotting, provenance
+from vi_jax import io, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
@@ -100,6 +100,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+@rundir.staged
 def run(config: GapOverTrainingConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     config.validate()
     log = print if progress else (lambda message: None)
@@ -125,7 +126,7 @@ def run(config: GapOverTrainingConfig, workdir: str, *, data_dir: str | None = N
         for index, epoch in enumerate(epochs):
             segment = dataclasses.replace(config.vae, num_epochs=epoch)
             result = train_vae(vae, segment, train, progress=progress, checkpoint_dir=checkpoint_dir,
-                               resume=index > 0, metrics=os.path.join(workdir, "metrics.jsonl"))
+                               resume=index > 0, metrics=rundir.live_path(workdir, "metrics.jsonl"))
             seconds["train"] += result.seconds
             log(f"epoch {epoch}: gap decomposition on {sum(sizes)} datapoints")
             t = time.perf_counter()
@@ -162,6 +163,7 @@ def run(config: GapOverTrainingConfig, workdir: str, *, data_dir: str | None = N
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/gap_over_training", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
     parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
     parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
@@ -174,7 +176,7 @@ def main(argv=None) -> None:
     if args.seed is not None:
         overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
     config = apply_overrides(GapOverTrainingConfig(), overrides)
-    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
     print(markdown(result))
     print(f"wrote {args.workdir}/gap_over_training.json; wall seconds: {result['wall_seconds']['total']}")
 

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, oracles, plotting, provenance
+from vi_jax import io, oracles, plotting, provenance, rundir
 from vi_jax.ais import AisConfig, make_ais, prior_monte_carlo
 from vi_jax.config import apply_overrides
 from vi_jax.elbo import make_iwae, map_datapoints
@@ -204,6 +204,7 @@ def figure(result: dict, path: str) -> None:
     plotting.close(fig)
 
 
+@rundir.staged
 def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True) -> dict:
     log = print if progress else (lambda message: None)
     config.validate()
@@ -231,6 +232,7 @@ def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/marginal_likelihood", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
     parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -241,7 +243,7 @@ def main(argv=None) -> None:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     config = apply_overrides(MarginalLikelihoodConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress)
+    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
     print(markdown(result))
     print(f"wrote {args.workdir}/marginal_likelihood.json; wall seconds: {result['wall_seconds']['total']}")
 

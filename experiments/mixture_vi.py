@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vi_jax import io, networks, provenance
+from vi_jax import io, networks, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.mixture_model import (ESTIMATORS, GaussianMixture, amortized_mixture_vi, local_mixture_vi,
                                   make_mixture_elbo, make_posterior_fit, posterior_kl)
@@ -88,6 +88,7 @@ def row_optimizer_for(config: MixtureConfig) -> optax.GradientTransformation:
     return optax.adam(config.local_learning_rate, b2=0.9)
 
 
+@rundir.staged
 def run(config: MixtureConfig, workdir: str) -> dict:
     """Draw the data, fit both methods, compare with the exact posteriors, write metrics.json."""
     config.validate()
@@ -159,6 +160,7 @@ def run(config: MixtureConfig, workdir: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/mixture_vi", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help=f"override a MixtureConfig field, e.g. --set estimator={ESTIMATORS[1]}")
@@ -167,7 +169,7 @@ def main(argv=None) -> None:
     overrides = (QUICK if args.quick else []) + list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    metrics = run(apply_overrides(MixtureConfig(), overrides), args.workdir)
+    metrics = run(apply_overrides(MixtureConfig(), overrides), args.workdir, **rundir.arguments(args))
     for method in METHODS:
         m = metrics[method]
         print(f"{method:9s} KL(q || p(z|x)) {m['train_kl_to_posterior']['mean']:.5f} ± "

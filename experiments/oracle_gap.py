@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vi_jax import io, oracles, plotting, provenance
+from vi_jax import io, oracles, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
@@ -173,7 +173,7 @@ def run_linear(config: OracleGapConfig, key, log, workdir: str) -> tuple[dict, d
                                        num_epochs=c.encoder_epochs, batch_size=c.encoder_batch_size,
                                        learning_rate=c.encoder_learning_rate,
                                        final_learning_rate=c.encoder_final_learning_rate,
-                                       metrics=os.path.join(workdir, f"metrics_{name}.jsonl"))
+                                       metrics=rundir.live_path(workdir, f"metrics_{name}.jsonl"))
         tables[name] = jax.vmap(family.unflatten)(encoder.apply(params, jnp.asarray(x)))
         seconds[f"{name}/train"] = time.perf_counter() - start
         elbo_q = oracles.gaussian_elbo(theta, x, _q_numpy(tables[name]))
@@ -218,7 +218,7 @@ def run_vae(config: OracleGapConfig, key, log, progress: bool, workdir: str) -> 
     log(f"[vae] training the VAE ({vae_config.num_epochs} epochs)")
     vae = build_vae(vae_config, dataset.dim, len(train) // vae_config.batch_size)
     params = train_vae(vae, vae_config, train, progress=progress,
-                       metrics=os.path.join(workdir, "metrics_vae.jsonl")).state.params
+                       metrics=rundir.live_path(workdir, "metrics_vae.jsonl")).state.params
     seconds["train"] = time.perf_counter() - start
     rows = seeded_subset(jax.random.fold_in(key, 0), len(test), c.num_points)
     x = np.asarray(test[rows])
@@ -350,6 +350,7 @@ def _jsonable(obj):
     return obj
 
 
+@rundir.staged
 def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict:
     """Both oracles, the project's estimates, the files; returns the oracle.json dict."""
     log = print if progress else (lambda message: None)
@@ -379,6 +380,7 @@ def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/oracle", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
     parser.add_argument("--quick", action="store_true", help="a small smoke configuration (about 20 s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -390,7 +392,7 @@ def main(argv=None) -> None:
     if args.seed is not None:
         overrides += [f"seed={args.seed}", f"vae.vae.seed={args.seed}"]
     config = apply_overrides(OracleGapConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress)
+    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
     print(markdown(result))
     print(f"wrote {args.workdir}/oracle.json")
 

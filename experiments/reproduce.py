@@ -32,7 +32,7 @@ import numpy as np
 
 from experiments import gap
 from experiments.train_vae import evaluate_and_save
-from vi_jax import artifacts, io
+from vi_jax import artifacts, io, rundir
 from vi_jax.config import apply_overrides, from_dict
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
@@ -100,8 +100,10 @@ def markdown(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@rundir.staged
 def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, overrides=(),
-        data_dir: str | None = None, resume: bool = False, progress: bool = True) -> dict:
+        data_dir: str | None = None, resume: bool = False, resume_fallback: bool = False,
+        progress: bool = True) -> dict:
     options.validate()
     preset = get_preset(preset_name)
     config = preset_config(preset_name, options, overrides)
@@ -131,8 +133,8 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
     log(f"{preset_name}: {config.num_epochs} epochs in stages {config.stage_epochs} at batch "
         f"{config.batch_size} on {len(train)} points ({len(train) // config.batch_size} steps per epoch)")
     result = train_vae(vae, config, train, valid, progress=progress,
-                       checkpoint_dir=os.path.join(workdir, "checkpoints"), resume=resume,
-                       metrics=os.path.join(workdir, "metrics.jsonl"))
+                       checkpoint_dir=rundir.checkpoint_dir(workdir), resume=resume, resume_fallback=resume_fallback,
+                       metrics=rundir.live_path(workdir, "metrics.jsonl"))
     log(f"evaluating test log p(x) with IWAE K={config.final_iwae_samples} on {len(test)} points")
     metrics = evaluate_and_save(vae, config, dataset, train, test, result, workdir)
     test_log_px = {name: metrics["test_iwae"][name] for name in ("mean", "stderr", "k")}
@@ -240,10 +242,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--workdir", default=None, help="output directory (default runs/PRESET)")
+    rundir.add_arguments(parser)
     parser.add_argument("--data-dir", default=None, help="directory holding binarized_mnist (or $VI_JAX_DATA_DIR)")
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="shorten every stage to max(1, round(F * epochs)) epochs")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in WORKDIR")
+    parser.add_argument("--fallback-to-intact", action="store_true",
+                        help="with --resume: if the newest checkpoint is damaged, continue from an older intact one")
     parser.add_argument("--num-train", type=count_at_least(0), default=0, help="train on the first N points (0: all)")
     parser.add_argument("--num-test", type=count_at_least(0), default=0,
                         help="evaluate a seeded random N of the test points (0: all)")
@@ -260,9 +265,10 @@ def main(argv=None) -> None:
     options = RunOptions(epochs_scale=args.epochs_scale, num_train=args.num_train, num_test=args.num_test,
                          num_valid=args.num_valid, checkpoint_every=args.checkpoint_every,
                          gap_points=args.gap_points, gap_overrides=tuple(args.gap_overrides))
-    workdir = args.workdir or os.path.join("runs", args.preset)
+    workdir = os.path.join("runs", args.preset) if args.workdir is None else args.workdir  # "" is an error
     metrics = run(args.preset, workdir, options, overrides=args.overrides, data_dir=args.data_dir,
-                  resume=args.resume, progress=not args.no_progress)
+                  resume=args.resume, resume_fallback=args.fallback_to_intact, progress=not args.no_progress,
+                  **rundir.arguments(args))
     print(markdown(metrics))
     print(f"wrote {workdir}/metrics.json")
 

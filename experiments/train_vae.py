@@ -8,7 +8,7 @@ Writes into --workdir: metrics.json (test_elbo, test_iwae with its K, train_elbo
 reconstructions.png, prior_samples.png, interpolation.png, elbo_curve.png (train ELBO per
 epoch, held-out ELBO and IWAE at the evaluations), manifold.png (latent_dim == 2 only) and
 params.msgpack (flax serialization of
-{"encoder", "decoder"}). Every file is written atomically, metrics.json last; metrics.jsonl
+{"encoder", "decoder"}), published together with MANIFEST.json (vi_jax.rundir); metrics.jsonl
 grows by a line per epoch and per evaluation while the run trains (vi_jax.metrics).
 Expected with the defaults (seed 0, CPU): test ELBO -17.95 +- 0.25, test IWAE_5000 -16.15 +- 0.22
 nats, in about 20 s on 2 CPU cores.
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance, visualize
+from vi_jax import data, io, plotting, provenance, rundir, visualize
 from vi_jax.config import apply_overrides
 from vi_jax.vae import (VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr,
                         train_vae)
@@ -59,8 +59,9 @@ def save_pictures(vae, params, test: np.ndarray, image_shape, key, history: list
                                "E[x | z], z = Phi^-1(u) on a uniform grid of u"), "manifold.png")
 
 
+@rundir.staged
 def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True,
-        resume: bool = False) -> dict:
+        resume: bool = False, resume_fallback: bool = False) -> dict:
     """Train, evaluate, write the workdir's files; return the metrics dict.
 
     Checkpoints go to workdir/checkpoints when config.checkpoint_every > 0 or resume is set."""
@@ -70,9 +71,9 @@ def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progres
                          "lacks; experiments.compare_training trains and evaluates that mode")
     dataset, train, test = load_training_data(config, data_dir)
     vae = build_vae(config, dataset.dim, steps_per_epoch=len(train) // config.batch_size, num_train=len(train))
-    checkpoint_dir = os.path.join(workdir, "checkpoints") if config.checkpoint_every or resume else None
+    checkpoint_dir = rundir.checkpoint_dir(workdir) if config.checkpoint_every or resume else None
     result = train_vae(vae, config, train, test, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
-                       metrics=os.path.join(workdir, "metrics.jsonl"))
+                       resume_fallback=resume_fallback, metrics=rundir.live_path(workdir, "metrics.jsonl"))
     metrics = evaluate_and_save(vae, config, dataset, train, test, result, workdir)
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
@@ -122,12 +123,15 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/train_vae", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
     parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS}")
     parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any VAEConfig field, e.g. --set latent_dim=4 --set encoder_hidden=64,64")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the workdir")
+    parser.add_argument("--fallback-to-intact", action="store_true",
+                        help="with --resume: if the newest checkpoint is damaged, continue from an older intact one")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (one process per host)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -140,7 +144,8 @@ def main(argv=None) -> None:
     if args.dataset is not None:
         overrides.append(f"dataset={args.dataset}")
     config = apply_overrides(VAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume)
+    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
+                  resume_fallback=args.fallback_to_intact, **rundir.arguments(args))
     k = metrics["test_iwae"]["k"]
     print(f"test ELBO     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats")
     print(f"test IWAE_{k} {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats")

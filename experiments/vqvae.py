@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance
+from vi_jax import data, io, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
 from vi_jax.vae import mean_and_stderr
 from vi_jax.vqvae import VQVAEConfig, build_vqvae, codebook_usage, evaluate, reconstruct, train_vqvae
@@ -30,6 +30,7 @@ from vi_jax.vqvae import VQVAEConfig, build_vqvae, codebook_usage, evaluate, rec
 QUICK = ["num_epochs=5", "encoder_hidden=32", "decoder_hidden=32"]
 
 
+@rundir.staged
 def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     """Train, evaluate, write the workdir's files; return the metrics dict."""
     config.validate()
@@ -38,7 +39,7 @@ def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progr
                                       name=f"{config.dataset} {split}") for split in ("train", "test"))
     vq = build_vqvae(config, dataset.dim)
     state, history, train_seconds = train_vqvae(vq, config, train, progress=progress,
-                                                metrics=os.path.join(workdir, "metrics.jsonl"))
+                                                metrics=rundir.live_path(workdir, "metrics.jsonl"))
     params = state.params
 
     start = time.perf_counter()
@@ -78,6 +79,7 @@ def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progr
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/vqvae", help="output directory")
+    rundir.add_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
     parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS}")
     parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
     if args.dataset is not None:
         overrides.append(f"dataset={args.dataset}")
     config = apply_overrides(VQVAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
     nll, usage = metrics["test_reconstruction_nll"], metrics["codebook_usage"]
     print(f"test reconstruction NLL {nll['mean']:.3f} ± {nll['stderr']:.3f} nats")
     print(f"test ELBO (uniform prior) {metrics['test_elbo_uniform_prior']['mean']:.3f} nats")

@@ -14,7 +14,7 @@ from vi_jax.metrics import read_metrics
 @pytest.mark.slow
 def test_cvae_quick_run_writes_results(tmp_path):
     cvae.main(["--workdir", str(tmp_path), "--quick", "--no-progress"])
-    assert sorted(os.listdir(tmp_path)) == ["class_samples.png", "metrics.json", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["MANIFEST.json", "class_samples.png", "metrics.json", "metrics.jsonl"]
     with open(os.path.join(tmp_path, "metrics.json")) as f:
         metrics = json.load(f)
     for name in ("test_elbo", "test_iwae", "train_elbo"):

@@ -8,7 +8,7 @@ import pytest
 
 from experiments import estimator_variance
 
-FILES = ["estimator_variance.json", "estimator_variance.md", "metrics.jsonl", "variance_vs_samples.png"]
+FILES = ["MANIFEST.json", "estimator_variance.json", "estimator_variance.md", "metrics.jsonl", "variance_vs_samples.png"]
 # two estimators cover the script's plumbing (the reference and one compared with it); every
 # estimator's unbiasedness against the closed form is tested in test_estimators.py
 TINY = ["--quick", "--vae", "--no-progress", "--set", "estimators=reparam/analytic,score_function/mc",

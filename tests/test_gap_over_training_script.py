@@ -15,7 +15,7 @@ from vi_jax.vae import build_vae, load_training_data, train_vae
 @pytest.mark.slow
 def test_gap_over_training_quick_end_to_end(tmp_path):
     gap_over_training.main(["--workdir", str(tmp_path), "--quick", "--no-progress"])
-    assert sorted(os.listdir(tmp_path)) == ["gap_over_training.json", "gap_over_training.md",
+    assert sorted(os.listdir(tmp_path)) == ["MANIFEST.json", "gap_over_training.json", "gap_over_training.md",
                                             "gap_over_training.png", "metrics.jsonl"]
     with open(tmp_path / "gap_over_training.json") as f:
         result = json.load(f)

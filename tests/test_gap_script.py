@@ -14,8 +14,8 @@ from vi_jax.config import apply_overrides
 
 SMALL = ["--quick", "--no-progress", "--set", "vae.num_epochs=15", "--set", "n_eval=20",
          "--set", "protocol.iwae_samples=200", "--set", "protocol.refine_steps=0,2"]
-FILES = ["gap.json", "gap.md", "gap_bars.png", "gap_test.npz", "gap_train.npz", "local_vs_amortized.png",
-         "metrics.jsonl", "refinement.png", "vae_params.msgpack"]
+FILES = ["MANIFEST.json", "gap.json", "gap.md", "gap_bars.png", "gap_test.npz", "gap_train.npz",
+         "local_vs_amortized.png", "metrics.jsonl", "refinement.png", "vae_params.msgpack"]
 
 
 def run(workdir, *extra):

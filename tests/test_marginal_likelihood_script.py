@@ -8,7 +8,7 @@ from scipy import stats
 
 from experiments import marginal_likelihood
 
-FILES = ["error_vs_dim.png", "marginal_likelihood.json", "marginal_likelihood.md", "marginal_likelihood.npz"]
+FILES = ["MANIFEST.json", "error_vs_dim.png", "marginal_likelihood.json", "marginal_likelihood.md", "marginal_likelihood.npz"]
 
 
 @pytest.mark.slow

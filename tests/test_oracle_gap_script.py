@@ -10,8 +10,8 @@ from scipy import stats
 from experiments import oracle_gap
 from vi_jax.metrics import read_metrics
 
-FILES = ["manifold.png", "metrics_linear_encoder.jsonl", "metrics_restricted_encoder.jsonl", "metrics_vae.jsonl",
-         "oracle.json", "oracle.md", "oracle.npz", "posteriors.png"]
+FILES = ["MANIFEST.json", "manifold.png", "metrics_linear_encoder.jsonl", "metrics_restricted_encoder.jsonl",
+         "metrics_vae.jsonl", "oracle.json", "oracle.md", "oracle.npz", "posteriors.png"]
 MODELS = ["linear_gaussian/linear_encoder", "linear_gaussian/restricted_encoder", "vae_digits_2d"]
 
 # Bias allowances (nats) on top of 4 standard errors of the mean difference, for the --quick

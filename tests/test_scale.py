@@ -11,7 +11,10 @@ import time
 import pytest
 
 from experiments import train_vae
-from vi_jax.checkpoint import CheckpointError
+from vi_jax import rundir
+from vi_jax.checkpoint import CheckpointError, DamagedCheckpoint
+from vi_jax.rundir import RunDirError
+from vi_jax.vae import load_trained_vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,10 +102,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, persistent_com
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()
+    with pytest.raises(RunDirError, match="MANIFEST.json: missing"):  # nothing of the killed run is loadable
+        load_trained_vae(str(killed))
+    with pytest.raises(RunDirError, match=rf"stale lock .*pid {proc.pid} .*--clear-stale-lock"):
+        train_vae.main(["--workdir", str(killed), "--resume"] + TINY + epochs)
     last = max(int(d) for d in os.listdir(killed / "checkpoints") if d.isdigit())
     with open(killed / "checkpoints" / str(last) / "metadata" / "metadata") as f:
         killed_seconds = json.load(f)["train_seconds"]
-    train_vae.main(["--workdir", str(killed), "--resume"] + TINY + epochs)
+    train_vae.main(["--workdir", str(killed), "--resume", "--clear-stale-lock"] + TINY + epochs)
     resumed = read_metrics(killed)
     for name in NUMBERS:
         assert resumed[name] == full[name], name
@@ -113,25 +120,36 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, persistent_com
 
 def test_checkpoint_errors_are_clear(tmp_path):
     workdir = str(tmp_path / "run")
-    train_vae.main(["--workdir", workdir] + TINY + ["--set", "num_epochs=1", "--set", "checkpoint_every=1"])
-    with pytest.raises(CheckpointError, match="already holds checkpoints"):
-        train_vae.main(["--workdir", workdir] + TINY + ["--set", "num_epochs=1", "--set", "checkpoint_every=1"])
+    two = ["--set", "num_epochs=2", "--set", "checkpoint_every=1"]
+    train_vae.main(["--workdir", workdir] + TINY + two)
+    with pytest.raises(RunDirError, match="holds the results of another run"):
+        train_vae.main(["--workdir", workdir] + TINY + two)
     with pytest.raises(CheckpointError, match=r"different config \(latent_dim: checkpoint 2 vs now 3"):
         train_vae.main(["--workdir", workdir, "--resume"] + TINY + ["--set", "latent_dim=3", "--set", "num_epochs=2"])
+    with pytest.raises(CheckpointError, match=r"checkpoints/2: the checkpoint is of epoch 2, beyond num_epochs=1"):
+        train_vae.main(["--workdir", workdir, "--resume"] + TINY + ["--set", "num_epochs=1"])
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         train_vae.main(["--workdir", str(tmp_path / "empty"), "--resume"] + TINY)
-    # damage every file of the saved state: resuming must fail loudly, not start afresh
-    for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", "1", "state")):
+    # damage every file of the newest saved state: resuming must fail loudly, not start afresh ...
+    for directory, _, files in os.walk(os.path.join(workdir, "checkpoints", "2", "state")):
         for name in files:
             with open(os.path.join(directory, name), "wb") as f:
                 f.write(b"garbage")
-    with pytest.raises(CheckpointError, match="unreadable"):
-        train_vae.main(["--workdir", workdir, "--resume"] + TINY + ["--set", "num_epochs=2"])
+    with pytest.raises(DamagedCheckpoint, match=r"checkpoints/2 is unreadable.*--fallback-to-intact"):
+        train_vae.main(["--workdir", workdir, "--resume"] + TINY + two)
+    rundir.verify(workdir)  # the refused resume left the finished run as it was
+    # ... and resumes from the older intact one only when asked, to the uninterrupted result
+    finished = read_metrics(workdir)
+    with pytest.warns(UserWarning, match="falling back to the older checkpoint 1"):
+        train_vae.main(["--workdir", workdir, "--resume", "--fallback-to-intact"] + TINY + two)
+    for name in NUMBERS:
+        assert read_metrics(workdir)[name] == finished[name], name
 
 
 def test_divergence_stops_before_writing_anything(tmp_path):
     workdir = tmp_path / "diverge"
-    with pytest.raises(FloatingPointError, match=r"non-finite training objective at epoch 1, step \d+"):
+    with pytest.raises(FloatingPointError, match=r"non-finite training objective at epoch 1, step \d+ of the epoch "
+                                                 r"\((loss and elbo|loss|elbo) non-finite\)"):
         train_vae.main(["--workdir", str(workdir)] + TINY + ["--set", "learning_rate=1e9", "--set", "num_epochs=3",
                                                              "--set", "checkpoint_every=1"])
     assert not (workdir / "metrics.json").exists()

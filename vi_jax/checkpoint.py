@@ -1,15 +1,20 @@
 """Checkpoints of a training loop with orbax: the whole state pytree (parameters, optimizer
-states, per-datapoint tables, step) plus JSON metadata (config, epoch, history).
+states, per-datapoint tables, step) plus JSON metadata (config, epoch, history), and sha256
+checksums of both, so that a damaged checkpoint is named rather than resumed from.
 
 The loop's randomness is a pure function of (seed, epoch) (see vae.train_vae), so a run
 resumed from the checkpoint of epoch e continues exactly as the uninterrupted run would.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from typing import Any, Optional
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Config fields a resumed run may change: they do not alter the trajectory up to the checkpoint.
@@ -17,7 +22,30 @@ RESUMABLE_CHANGES = ("num_epochs", "checkpoint_every", "eval_every")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, or written by a different config."""
+    """A checkpoint that cannot be used: unreadable, damaged, or written by a different config."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose files do not read back as what was saved."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint without checksums (written before they existed): restored, but unchecked."""
+
+
+def state_checksums(state: Any) -> dict:
+    """{leaf path: sha256 of its dtype, shape and bytes} of a pytree of arrays."""
+    sums = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        value = np.asarray(leaf)
+        digest = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).data)
+        sums[jax.tree_util.keystr(path)] = digest.hexdigest()
+    return sums
+
+
+def config_checksum(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 class Checkpointer:
@@ -32,35 +60,92 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, epoch: int, state: Any, metadata: dict) -> None:
+        metadata = json.loads(json.dumps(metadata))  # tuples -> lists, as restore will see them
+        metadata["checksums"] = {"state": state_checksums(state), "config": config_checksum(metadata.get("config", {}))}
         self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          metadata=ocp.args.JsonSave(metadata)))
         self.manager.wait_until_finished()
 
-    def restore(self, template_state: Any, config: dict, defaults: Optional[dict] = None) -> tuple[int, Any, dict]:
-        """(epoch, state, metadata) of the newest checkpoint; CheckpointError if it is unreadable
-        or its config differs from `config` in a field outside RESUMABLE_CHANGES. A field the
-        checkpoint's config lacks (added to the code later) matches when `config` holds its
-        value in `defaults`, the config class's defaults."""
-        epoch = self.latest_epoch()
-        if epoch is None:
+    def restore(self, template_state: Any, config: dict, defaults: Optional[dict] = None, *,
+                fallback: bool = False) -> tuple[int, Any, dict]:
+        """(epoch, state, metadata) of the newest checkpoint, its checksums verified.
+        CheckpointError if there is none, or its config differs from `config` in a field outside
+        RESUMABLE_CHANGES (a field the checkpoint's config lacks, added to the code later, matches
+        when `config` holds its value in `defaults`, the config class's defaults);
+        DamagedCheckpoint naming it if it is unreadable or fails its checksums, unless `fallback`,
+        which then warns and tries the next older one. A checkpoint without checksums (an older
+        version's) is restored with an UnverifiedCheckpointWarning."""
+        epochs = sorted(self.manager.all_steps(), reverse=True)
+        if not epochs:
             raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
+        for i, epoch in enumerate(epochs):
+            try:
+                metadata = self._metadata(epoch)
+                self._check_config(epoch, metadata, config, defaults)
+                state = self._state(epoch, template_state, metadata)
+            except DamagedCheckpoint as err:
+                if not fallback or i == len(epochs) - 1:
+                    hint = "" if fallback else (f"; to resume from an older intact checkpoint ({epochs[1:]}), ask "
+                                                "for the fallback (--fallback-to-intact)" if len(epochs) > 1 else "")
+                    raise DamagedCheckpoint(f"{err}{hint}") from err
+                warnings.warn(f"{err}; deleting it and falling back to the older checkpoint {epochs[i + 1]}",
+                              stacklevel=2)
+                continue
+            for damaged in epochs[:i]:  # the resumed run saves these epochs again
+                self.manager.delete(damaged)
+            return epoch, state, metadata
+        raise AssertionError("unreachable")
+
+    def newest_verified(self, template_state: Any) -> Optional[int]:
+        """The newest epoch whose checkpoint reads back and passes its checksums (None if none)."""
+        for epoch in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                metadata = self._metadata(epoch)
+                if "checksums" in metadata:
+                    self._state(epoch, template_state, metadata)
+                    return epoch
+            except DamagedCheckpoint:
+                continue
+        return None
+
+    def _name(self, epoch: int) -> str:
+        return f"checkpoint {self.directory}/{epoch}"
+
+    def _metadata(self, epoch: int) -> dict:
         try:
             metadata = self.manager.restore(epoch, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
         except Exception as err:  # orbax raises many types for damaged files
-            raise CheckpointError(f"checkpoint {self.directory}/{epoch} is unreadable "
-                                  f"({type(err).__name__}: {err})") from err
-        saved, config = metadata.get("config", {}), json.loads(json.dumps(config))  # tuples -> lists
+            raise DamagedCheckpoint(f"{self._name(epoch)} is unreadable ({type(err).__name__}: {err})") from err
+        sums = metadata.get("checksums")
+        if sums is not None and config_checksum(metadata.get("config", {})) != sums.get("config"):
+            raise DamagedCheckpoint(f"{self._name(epoch)} is damaged: its metadata/config fails its checksum")
+        return metadata
+
+    def _check_config(self, epoch: int, metadata: dict, config: dict, defaults: Optional[dict]) -> None:
+        saved, config = dict(metadata.get("config", {})), json.loads(json.dumps(config))  # tuples -> lists
         for name, value in json.loads(json.dumps(defaults or {})).items():
             saved.setdefault(name, value)
         differing = sorted(k for k in set(saved) | set(config)
                            if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
         if differing:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}" for k in differing)
-            raise CheckpointError(f"checkpoint {self.directory}/{epoch} was written by a different config ({details})")
+            raise CheckpointError(f"{self._name(epoch)} was written by a different config ({details})")
+
+    def _state(self, epoch: int, template_state: Any, metadata: dict) -> Any:
         try:
             state = self.manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(template_state)))["state"]
         except Exception as err:
-            raise CheckpointError(f"checkpoint {self.directory}/{epoch} is unreadable or does not match "
-                                  f"this model's state ({type(err).__name__}: {err})") from err
-        return epoch, state, metadata
+            raise DamagedCheckpoint(f"{self._name(epoch)} is unreadable or does not match this model's state "
+                                    f"({type(err).__name__}: {err})") from err
+        expected = metadata.get("checksums", {}).get("state")
+        if expected is None:
+            warnings.warn(f"{self._name(epoch)} has no checksums (written by an older version): restored unverified",
+                          UnverifiedCheckpointWarning, stacklevel=3)
+            return state
+        actual = state_checksums(state)
+        bad = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+        if bad:
+            raise DamagedCheckpoint(f"{self._name(epoch)} is damaged: {len(bad)} array(s) fail their checksum, "
+                                    f"first {bad[0]}")
+        return state

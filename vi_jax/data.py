@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import hashlib
 import os
 import types
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Mapping, NamedTuple
 
 import numpy as np
+
+from vi_jax import io
 
 DATASETS = ("digits", "digits_continuous", "binarized_mnist", "mnist", "fashion_mnist")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -227,7 +228,7 @@ def _read_amat(path: Path, expected_sha256: str) -> np.ndarray:
     """Read a (possibly gzipped) .amat file, verify the sha256 of its content, parse it. Cached."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        raw = io.gunzip(raw, str(path))
     actual_sha256 = hashlib.sha256(raw).hexdigest()
     if actual_sha256 != expected_sha256:
         raise ValueError(f"{path}: sha256 mismatch: expected {expected_sha256}, got {actual_sha256}")

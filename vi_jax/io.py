@@ -1,14 +1,25 @@
-"""Atomic result files: each is written to a temporary name in the same directory and renamed,
-so an interrupted or failed run never leaves a half-written file behind."""
+"""Result files on disk: atomic writes (a temporary name in the same directory, then a rename,
+so an interrupted run never leaves a half-written file) with the modes the umask asks for, and
+readers whose errors name the file (`path: what is wrong`)."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import tempfile
+import zlib
 from typing import Any
 
+import flax.serialization
+import jax
 import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -16,6 +27,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        # mkstemp creates 0600 whatever the umask; a result file gets what open() would give
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -45,3 +58,40 @@ def atomic_save_figure(fig, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def gunzip(raw: bytes, path: str) -> bytes:
+    """The decompressed bytes of gzip file `path`; ValueError naming it when it is damaged."""
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{path}: damaged gzip file ({type(err).__name__}: {err or 'truncated'})") from err
+
+
+def read_json(path: str) -> Any:
+    """The JSON value in `path`; ValueError naming the file and position when it does not parse."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def read_params(path: str, template: Any) -> Any:
+    """A flax msgpack file restored onto `template`: ValueError naming the file when it does not
+    parse or when its arrays differ from the template's structure or shapes (from_bytes alone
+    accepts any shapes, and the model then fails later inside flax)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        params = flax.serialization.from_bytes(template, raw)
+    except Exception as err:  # msgpack raises several unrelated types for damaged bytes
+        raise ValueError(f"{path}: not a parameter file of this network ({type(err).__name__}: {err})") from err
+    expected = jax.tree_util.tree_flatten_with_path(template)[0]
+    got = jax.tree.leaves(params)
+    for (key_path, want), have in zip(expected, got):
+        if np.shape(want) != np.shape(have):
+            raise ValueError(f"{path}: {jax.tree_util.keystr(key_path)} has shape {np.shape(have)}, the network "
+                             f"its config describes needs {np.shape(want)} (parameters of another architecture)")
+    return params

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, NamedTuple, Optional
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vi_jax import data, networks, sharding
+from vi_jax import data, io, networks, rundir, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
 from vi_jax.config import from_dict
 from vi_jax.distributions import get_likelihood
@@ -257,7 +255,8 @@ def _place_on_mesh(vae: VAE, state: TrainState, data, mesh):
 
 def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optional[Array] = None,
               *, progress: bool = True, checkpoint_dir: Optional[str] = None,
-              resume: bool = False, metrics: MetricsTarget = None) -> TrainResult:
+              resume: bool = False, resume_fallback: bool = False,
+              metrics: MetricsTarget = None) -> TrainResult:
     """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs
     (held-out evaluation needs an encoder, so it is skipped in non_amortized mode).
 
@@ -265,7 +264,8 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     e = fold_in(fold_in(seed, 2), e): a run resumed from a checkpoint continues exactly as the
     uninterrupted run. With checkpoint_dir, the state is saved every config.checkpoint_every
     epochs and at the end; resume=True continues from the newest checkpoint there (a missing,
-    unreadable or mismatched checkpoint is an error, never a silent fresh start). Raises
+    unreadable, damaged or mismatched checkpoint is an error, never a silent fresh start;
+    resume_fallback=True resumes from the newest intact one instead). Raises
     FloatingPointError at the first NaN/inf loss, before saving anything of that epoch.
     metrics (a path or a vi_jax.metrics writer): one "train" line per epoch and one "eval" line
     per evaluation; a resumed run drops the lines of epochs after its checkpoint.
@@ -291,7 +291,11 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     if checkpointer is not None:
         if resume:
             last, state, metadata = checkpointer.restore(state, dataclasses.asdict(config),
-                                                          defaults=dataclasses.asdict(VAEConfig()))
+                                                          defaults=dataclasses.asdict(VAEConfig()),
+                                                          fallback=resume_fallback)
+            if last > config.num_epochs:
+                raise CheckpointError(f"{checkpointer.directory}/{last}: the checkpoint is of epoch {last}, beyond "
+                                      f"num_epochs={config.num_epochs}; resume with num_epochs >= {last}")
             history, first_epoch = metadata["history"], last + 1
             if "train_seconds" in metadata:
                 earlier_seconds = metadata["train_seconds"]
@@ -309,10 +313,13 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
         state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, batches_from)
         bad = first_nonfinite(infos)
         if bad is not None:
-            kept = f"; the last good checkpoint is epoch {checkpointer.latest_epoch()} in {checkpointer.directory}" \
-                if checkpointer is not None and checkpointer.latest_epoch() is not None else ""
+            verified = checkpointer.newest_verified(state) if checkpointer is not None else None
+            kept = "" if verified is None else \
+                f"; the last verified checkpoint is epoch {verified} in {checkpointer.directory}"
+            quantities = [name for name in ("loss", "elbo") if not np.isfinite(float(getattr(infos, name)[bad]))]
             raise FloatingPointError(
-                f"non-finite training objective at epoch {epoch}, step {bad} of the epoch: "
+                f"non-finite training objective at epoch {epoch}, step {bad} of the epoch "
+                f"({' and '.join(quantities)} non-finite): "
                 f"loss={float(infos.loss[bad])}, elbo={float(infos.elbo[bad])}; "
                 f"lower the learning rate, set grad_clip_norm, or check the data{kept}")
         # one transfer for all the epoch's means (the history's train_elbo as it always was)
@@ -343,24 +350,56 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     return TrainResult(state, history, earlier_seconds + time.perf_counter() - start, timed_from_epoch)
 
 
-def load_trained_vae(workdir: str) -> tuple[VAEConfig, VAE, dict]:
-    """(config, vae, params) from a train_vae workdir (its metrics.json and params.msgpack)."""
+def load_trained_vae(workdir: str, *, verify: bool = True) -> tuple[VAEConfig, VAE, dict]:
+    """(config, vae, params) from a train_vae workdir (its metrics.json and params.msgpack),
+    after checking the workdir's files against its manifest (vi_jax.rundir.verify; verify=False
+    only for checking an older version's workdir before adopting it)."""
+    if verify:
+        rundir.verify(workdir)
     metrics_path, params_path = os.path.join(workdir, "metrics.json"), os.path.join(workdir, "params.msgpack")
     for path in (metrics_path, params_path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: point to the workdir of a finished train_vae run")
-    with open(metrics_path) as f:
-        saved = json.load(f)
+    saved = io.read_json(metrics_path)
+    if not isinstance(saved, dict) or "config" not in saved:
+        raise ValueError(f"{metrics_path}: records no config; not the metrics of a train_vae run")
     config = from_dict(VAEConfig, saved["config"])
-    with open(params_path, "rb") as f:
-        raw = f.read()
     data_dim = saved.get("data_dim")
     if data_dim is None:
         raise ValueError(f"{metrics_path} records no data_dim; rerun train_vae with this version")
     vae = build_vae(config, data_dim)
     template = vae.algorithm.init(jax.random.PRNGKey(0), jnp.zeros(data_dim)).params
-    try:
-        params = flax.serialization.from_bytes(template, raw)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{params_path} does not match the network its config describes: {err}") from err
-    return config, vae, params
+    return config, vae, io.read_params(params_path, template)
+
+
+def check_legacy_workdir(workdir: str) -> None:
+    """Raise unless workdir holds one finished train_vae/reproduce run of an older version (no
+    manifest): metrics.json and params.msgpack load as a model; the file such a run writes last
+    (reproduce.md for reproduce, else metrics.json) exists and no result file is newer; with
+    checkpoints, the newest is of the final epoch and holds exactly these parameters. The check
+    behind `python -m vi_jax.rundir adopt`."""
+    config, vae, params = load_trained_vae(workdir, verify=False)
+    metrics_path, params_path = os.path.join(workdir, "metrics.json"), os.path.join(workdir, "params.msgpack")
+    saved = io.read_json(metrics_path)
+    last = os.path.join(workdir, "reproduce.md" if "preset" in saved else "metrics.json")
+    if not os.path.exists(last):
+        raise ValueError(f"{last}: missing: the run did not finish (it is the file the run writes last)")
+    newest = max((os.path.join(workdir, name) for name in rundir.result_files(workdir)), key=os.path.getmtime)
+    if os.path.getmtime(newest) > os.path.getmtime(last):
+        raise ValueError(f"{newest}: newer than {last}, the run's last file: written by a later run that "
+                         "did not finish")
+    checkpoints = os.path.join(workdir, rundir.CHECKPOINTS)
+    if os.path.isdir(checkpoints):
+        checkpointer = Checkpointer(checkpoints)
+        final = checkpointer.latest_epoch()
+        if final is not None:
+            if final != config.num_epochs:
+                raise ValueError(f"{checkpoints}/{final}: the newest checkpoint is not of the final epoch "
+                                 f"{config.num_epochs}: the run did not finish")
+            template = vae.algorithm.init(jax.random.PRNGKey(0), jnp.zeros(saved["data_dim"]))
+            _, state, _ = checkpointer.restore(template, dataclasses.asdict(config),
+                                               defaults=dataclasses.asdict(VAEConfig()))
+            same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), state.params, params)
+            if not all(jax.tree.leaves(same)):
+                raise ValueError(f"{params_path}: differs from the final checkpoint {checkpoints}/{final}: "
+                                 "the files are of different runs")
