@@ -12,7 +12,6 @@ import functools
 import hashlib
 import os
 import types
-import zlib
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
@@ -293,10 +292,7 @@ def _read_idx(path: Path, spec: IdxFile) -> np.ndarray:
     """
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; EOFError: truncated
-            raise ValueError(f"{path}: not a readable gzip file (corrupt or truncated): {err}") from None
+        raw = io.gunzip(raw, str(path))
     header_bytes = 4 * (1 + len(spec.dims))
     if len(raw) < header_bytes:
         raise ValueError(f"{path}: {len(raw)} bytes, shorter than the {header_bytes}-byte IDX header of {spec.name}")
