@@ -29,8 +29,8 @@ def run_script(workdir, *extra):
 def test_train_vae_writes_results_and_reproduces(tmp_path):
     metrics = run_script(tmp_path / "a")
     assert sorted(os.listdir(tmp_path / "a")) == [
-        "MANIFEST.json", "elbo_curve.png", "interpolation.png", "manifold.png", "metrics.json", "metrics.jsonl", "params.msgpack",
-        "prior_samples.png", "reconstructions.png"]
+        "MANIFEST.json", "elbo_curve.png", "evaluation.npz", "interpolation.png", "manifold.png", "metrics.json",
+        "metrics.jsonl", "params.msgpack", "prior_samples.png", "reconstructions.png"]
     for name in ("test_elbo", "test_iwae", "train_elbo"):
         assert set(metrics[name]) >= {"mean", "stderr"}
     assert metrics["test_iwae"]["k"] == 20
@@ -128,7 +128,7 @@ def test_an_older_versions_finished_workdir_is_adopted_after_checking(finished_r
     with pytest.raises(RunDirError, match=r"python -m vi_jax\.rundir adopt"):
         load_trained_vae(workdir)
     rundir.main(["adopt", workdir])
-    assert "adopted run, 7 files verified" in capsys.readouterr().out
+    assert "adopted run, 8 files verified" in capsys.readouterr().out
     assert load_trained_vae(workdir)[0].seed == 0
 
 

@@ -156,7 +156,7 @@ def test_vqvae_script_writes_results_and_reproduces(tmp_path):
             return json.load(f)
 
     metrics = run(tmp_path / "a")
-    assert sorted(os.listdir(tmp_path / "a")) == ["metrics.json", "metrics.jsonl", "reconstructions.png"]
+    assert sorted(os.listdir(tmp_path / "a")) == ["MANIFEST.json", "metrics.json", "metrics.jsonl", "reconstructions.png"]
     usage = metrics["codebook_usage"]
     assert sum(usage["counts"]) == metrics["n_test"] * metrics["config"]["num_latents"]
     assert usage["dead_codes"] == sum(c == 0 for c in usage["counts"])
