@@ -4,6 +4,7 @@
     python -m experiments.gap --workdir runs/gap --quick         # smoke run, about 40 s
     python -m experiments.gap --checkpoint runs/train_vae        # use a trained VAE instead of training one
     python -m experiments.gap --set protocol.ais_proposal=ffg    # also AIS from q*_FFG, ~40% longer
+    python -m experiments.gap --set protocol.local_fit=accurate  # a named q* fit: reference (default), authors, accurate
 
 Trains an amortized VAE (or loads one), then on a fixed seeded subset of the training split
 and of the test split computes per datapoint: L[q_phi] (encoder), L[q*_FFG] and L[q*_flow]
@@ -20,7 +21,8 @@ Writes into --workdir (each file atomically, gap.json last): gap.json (per split
 {"mean", "stderr"} of log_px, log_px_iwae (with AIS also log_px_ais, ais_acceptance_rate,
 ais_step_size and the count log_px_from_ais), elbo_amortized, elbo_local_ffg, elbo_local_flow,
 inference_gap, approximation_gap_{ffg,flow}, amortization_gap_{ffg,flow}, semi_amortized curve; top level:
-seed, config, environment, wall seconds of each stage), gap.md (the same as tables),
+seed, local_fit_protocol (the named local fit that ran, or "custom"; its settings: config.protocol.local_fit),
+config, environment, wall seconds of each stage), gap.md (the same as tables),
 gap_bars.png, local_vs_amortized.png, refinement.png, gap_<split>.npz (per-datapoint arrays),
 and vae_params.msgpack when it trained the VAE.
 
@@ -34,6 +36,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import ClassVar
 
 import flax.serialization
 import jax
@@ -41,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax import io, plotting, provenance
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count, one_of
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
@@ -51,6 +54,7 @@ QUANTITIES = ("log_px", "log_px_iwae", "elbo_amortized", "elbo_local_ffg", "elbo
               "inference_gap", "approximation_gap_ffg", "amortization_gap_ffg", "approximation_gap_flow",
               "amortization_gap_flow")
 AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with protocol.ais_proposal
+ROW_CHOICES = ("random", "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +69,17 @@ class GapConfig:
     flow_hidden: int = 16
     protocol: GapProtocol = GapProtocol()
 
+    RULES: ClassVar[dict[str, Rule]] = {"seed": count(0), "n_eval": count(1), "rows": one_of(ROW_CHOICES),
+                                        "flow_layers": count(1), "flow_hidden": count(1)}
+
+    def validate(self) -> None:
+        check_fields(self, self.RULES)
+        self.protocol.validate()
+
 
 QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=100",
          "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
-
-
-ROW_CHOICES = ("random", "first")
 
 
 def subset(key, x: np.ndarray, n: int, rows: str = "random") -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +115,7 @@ def markdown(result: dict) -> str:
                   "| K | ELBO | stderr |", "| ---: | ---: | ---: |"]
         lines += [f"| {k} | {e['mean']:.3f} | {e['stderr']:.3f} |" for k, e in zip(curve["k"], curve["elbo"])]
         fits = r["local_fits"]
-        lines += ["", "Local fits: " + "; ".join(
+        lines += ["", f"Local fits ({result['local_fit_protocol']} protocol, from the {protocol['local_init']}): " + "; ".join(
             f"{name}: {f['converged']}/{f['n']} converged, median {f['median_steps']:.0f} steps"
             for name, f in fits.items()), ""]
     return "\n".join(lines)
@@ -158,9 +166,7 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
 
 def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     log = print if progress else (lambda message: None)
-    config.protocol.validate()
-    if config.rows not in ROW_CHOICES:
-        raise ValueError(f"unknown rows choice {config.rows!r}; known: {ROW_CHOICES}")
+    config.validate()
     if not config.splits or any(name not in SPLITS for name in config.splits):
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {config.splits}")
     timings = {}
@@ -208,7 +214,8 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     timings["vae"] = round(timings["vae"], 2)
     timings["total"] = round(timings["total"], 2)
 
-    result.update({"seed": config.seed, "config": dataclasses.asdict(config),
+    result.update({"seed": config.seed, "local_fit_protocol": config.protocol.local_fit.protocol_name(),
+                   "config": dataclasses.asdict(config),
                    "vae_config": dataclasses.asdict(vae_config), "environment": provenance.environment(),
                    "wall_seconds": timings})
     os.makedirs(workdir, exist_ok=True)

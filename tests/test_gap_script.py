@@ -44,6 +44,7 @@ def test_gap_quick_end_to_end(tmp_path):
         arrays = np.load(tmp_path / "a" / f"gap_{split}.npz")
         np.testing.assert_allclose(arrays["log_px"].mean(), r["log_px"]["mean"], rtol=1e-6)
     assert result["seed"] == 0 and result["environment"]["versions"]["jax"]
+    assert result["local_fit_protocol"] == "custom"  # --quick loosens the reference fit
     assert set(result["wall_seconds"]) >= {"vae", "total"}
     # same seed, identical numbers; a run of one split draws that split's keys as the full run does
     again = run(tmp_path / "b", "--set", "splits=test")
