@@ -19,10 +19,11 @@ def test_local_fit_accuracy_quick_end_to_end(tmp_path, capsys):
     with open(tmp_path / "local_fit_accuracy.json") as f:
         result = json.load(f)
     assert list(result["problems"]) == ["linear_gaussian_d4", "vae_digits_2d"]
-    assert list(result["protocols"]) == list(LOCAL_FIT_PROTOCOLS)
+    assert list(result["protocols"]) == list(LOCAL_FIT_PROTOCOLS) + list(local_fit_accuracy.CANDIDATES)
     for name, protocol in result["protocols"].items():  # --quick caps the steps: no longer the named settings
-        assert protocol["name"] == "custom" and protocol["settings"]["max_steps"] == 2000
-        assert protocol["settings"]["num_samples"] == LOCAL_FIT_PROTOCOLS[name].num_samples
+        assert protocol["name"] == ("custom" if name in LOCAL_FIT_PROTOCOLS else "candidate"), name
+        assert protocol["settings"]["max_steps"] == 2000
+        assert protocol["estimator"] == ("stl" if name in local_fit_accuracy.CANDIDATES else "reparam")
     for problem, p in result["problems"].items():
         for name, by_start in p["fits"].items():
             assert list(by_start) == ["encoder", "prior"]
@@ -32,7 +33,7 @@ def test_local_fit_accuracy_quick_end_to_end(tmp_path, capsys):
                 assert r["min"] >= -1e-6 - r["shortfall_error_max"], where
                 assert r["min"] <= r["mean"] <= r["p90"] <= r["max"], where
                 assert r["max"] < r["before_fit_max"], where  # every fit moved toward q*
-                samples = LOCAL_FIT_PROTOCOLS[name].num_samples
+                samples = result["protocols"][name]["settings"]["num_samples"]
                 assert r["median_steps"] * samples <= r["max_steps"] * samples <= 2000 * samples, where
                 assert 0.0 <= r["converged_share"] <= 1.0 and r["seconds"] > 0, where
     # the 100-draw authors' protocol from the encoder gets closer than the 1-draw reference
