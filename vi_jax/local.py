@@ -134,10 +134,12 @@ LOCAL_FIT_PROTOCOLS: dict[str, LocalFitConfig] = {
     # the authors' code (lxuechen/inference-suboptimality local_ffg.py, k = 100; chriscremer's
     # optimize_local_q.py has the same rule with 50): Adam lr 1e-3, check every 100 steps, stop
     # after more than 10 checks without improvement, no step cap in practice (their loop runs to
-    # 999,999 steps). Read as one q per datapoint with 100 draws per step (chriscremer's form); lxuechen's
-    # tensors instead hold 100 independent copies of each q with 1 draw each and stop the whole
-    # batch together. Their q is parameterised by log-variance: an Adam step of 1e-3 on it moves
-    # log sigma by 5e-4, half of ours.
+    # 999,999 steps). Read as one q per datapoint with 100 draws per step (chriscremer's form):
+    # lxuechen's tensors instead hold 100 independent copies of each q with 1 draw each, and stop
+    # the whole batch together on its mean loss, which our per-row rule cannot express. Two more
+    # differences stay: their q is parameterised by log-variance (an Adam step of 1e-3 on it moves
+    # log sigma by 5e-4, half of ours), and they estimate log p(z) - log q(z) at the draws where
+    # the caller's KL form here (analytic for Gaussians) has no noise.
     "authors": LocalFitConfig(num_samples=100, patience=11, max_steps=1_000_000),
     # within 1e-3 nats of the exact q*_FFG on the linear-Gaussian oracle (tests/test_oracles.py):
     # 10 draws per step at lr 1e-2, the row's step size divided by 10 at each of 3 plateaus
