@@ -115,7 +115,8 @@ def markdown(result: dict) -> str:
                   "| K | ELBO | stderr |", "| ---: | ---: | ---: |"]
         lines += [f"| {k} | {e['mean']:.3f} | {e['stderr']:.3f} |" for k, e in zip(curve["k"], curve["elbo"])]
         fits = r["local_fits"]
-        lines += ["", f"Local fits ({result['local_fit_protocol']} protocol, from the {protocol['local_init']}): " + "; ".join(
+        fit_rule = f"{result['local_fit_protocol']} protocol, from the {protocol['local_init']}"
+        lines += ["", f"Local fits ({fit_rule}): " + "; ".join(
             f"{name}: {f['converged']}/{f['n']} converged, median {f['median_steps']:.0f} steps"
             for name, f in fits.items()), ""]
     return "\n".join(lines)

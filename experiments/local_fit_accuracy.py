@@ -5,8 +5,9 @@
     python -m experiments.local_fit_accuracy --set protocols=reference,accurate,stl     # ~1.5 min: no 100-draw fits
 
 Every named protocol of vi_jax.local.LOCAL_FIT_PROTOCOLS (reference, authors, accurate), and
-the candidates for a faster fit (CANDIDATES: sticking-the-landing gradients), fits the same rows, from an encoder-like start and from the prior (mean 0, log sigma 0), with the
-code path of experiments/gap.py (`make_local_fit`, analytic KL), on problems whose q*_FFG is known:
+the candidates for a faster fit (CANDIDATES: sticking-the-landing gradients), fits the same
+rows, from an encoder-like start and from the prior (mean 0, log sigma 0), with the code path
+of experiments/gap.py (`make_local_fit`, analytic KL unless STL), on problems whose q*_FFG is known:
   linear_gaussian_d{4,50}: p(z) = N(0, I_d), p(x|z) = N(W z + b, diag(psi)) with x in R^16 and
     R^100 (random W, b, psi; vi_jax.oracles). q*_FFG and the ELBO of any Gaussian q are closed
     forms, so a fit's shortfall L(q*) - L(q) is exact (no Monte-Carlo noise). Encoder-like start:
@@ -205,7 +206,8 @@ def markdown(result: dict) -> str:
              "linear-Gaussian oracle, by quadrature for the 2-D VAE); decoder evaluations per row = steps x "
              "draws per step (mean over rows); wall: the fit alone, compilation excluded.", "",
              "| problem | protocol | start | before fit: mean | short: mean / p90 / max | its error | "
-             "decoder evals per row | wall s | converged |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "decoder evals per row | wall s | converged |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for problem, p in result["problems"].items():
         for protocol, by_start in p["fits"].items():
             for start, r in by_start.items():
