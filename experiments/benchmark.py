@@ -805,6 +805,10 @@ def bench_oracle_gap(ctx: Context) -> dict:
     return run_experiment(ctx, "oracle_gap", "oracle.json")
 
 
+def bench_local_fit_accuracy(ctx: Context) -> dict:
+    return run_experiment(ctx, "local_fit_accuracy", "local_fit_accuracy.json")
+
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     name: str
@@ -818,6 +822,8 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("oracle_gap", "result", "experiments.oracle_gap default run: the oracle table", bench_oracle_gap),
     Benchmark("compare_training", "result", "experiments.compare_training: the training-mode comparison",
               bench_compare_training),
+    Benchmark("local_fit_accuracy", "result", "experiments.local_fit_accuracy: each named local-fit protocol's "
+              "shortfall from the exact q*_FFG on the oracles, and its cost", bench_local_fit_accuracy),
     Benchmark("amortized_training", "speed", "amortized VAE training steps/s vs torch / flax / NumPyro / "
               "hand-fused scan / GEMM skeleton limit", bench_amortized_training),
     Benchmark("amortized_step_anatomy", "speed", "where the amortized step's time goes beyond its GEMMs: "

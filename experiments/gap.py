@@ -4,6 +4,7 @@
     python -m experiments.gap --workdir runs/gap --quick         # smoke run, about 40 s
     python -m experiments.gap --checkpoint runs/train_vae        # use a trained VAE instead of training one
     python -m experiments.gap --set protocol.ais_proposal=ffg    # also AIS from q*_FFG, ~40% longer
+    python -m experiments.gap --set protocol.local_fit=accurate  # a named q* fit: reference (default), authors, accurate
 
 Trains an amortized VAE (or loads one), then on a seeded random subset of the training split
 and of the test split (or its first rows where GapConfig says so) computes per datapoint:
@@ -23,7 +24,8 @@ ais_step_size and the count log_px_from_ais), rows (the row choice, n, the split
 subset key and the split's recorded order; the indices are gap_<split>.npz's rows),
 elbo_amortized, elbo_local_ffg, elbo_local_flow,
 inference_gap, approximation_gap_{ffg,flow}, amortization_gap_{ffg,flow}, semi_amortized curve; top level:
-seed, config, environment, wall seconds of each stage), gap.md (the same as tables),
+seed, local_fit_protocol (the named local fit that ran, or "custom"; its settings: config.protocol.local_fit),
+config, environment, wall seconds of each stage), gap.md (the same as tables),
 gap_bars.png, local_vs_amortized.png, refinement.png, gap_<split>.npz (per-datapoint arrays),
 and vae_params.msgpack when it trained the VAE.
 
@@ -37,6 +39,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import ClassVar
 
 import flax.serialization
 import jax
@@ -44,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax import io, plotting, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count, one_of
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
@@ -54,6 +57,7 @@ QUANTITIES = ("log_px", "log_px_iwae", "elbo_amortized", "elbo_local_ffg", "elbo
               "inference_gap", "approximation_gap_ffg", "amortization_gap_ffg", "approximation_gap_flow",
               "amortization_gap_flow")
 AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with protocol.ais_proposal
+ROW_CHOICES = ("random", "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +81,17 @@ class GapConfig:
     flow_hidden: int = 16
     protocol: GapProtocol = GapProtocol()
 
+    RULES: ClassVar[dict[str, Rule]] = {"seed": count(0), "n_eval": count(1), "rows": one_of(ROW_CHOICES),
+                                        "train_rows": one_of(ROW_CHOICES + ("",)),
+                                        "flow_layers": count(1), "flow_hidden": count(1)}
+
     def rows_of(self, split: str) -> str:
         """The row choice for `split`: train_rows on the training split when set, else rows."""
         return self.train_rows if split == "train" and self.train_rows else self.rows
 
     def validate(self) -> None:
+        check_fields(self, self.RULES)
         self.protocol.validate()
-        if self.rows not in ROW_CHOICES or self.train_rows not in ROW_CHOICES + ("",):
-            raise ValueError(f"rows and train_rows must be one of {ROW_CHOICES} (train_rows also ''), "
-                             f"got rows={self.rows!r}, train_rows={self.train_rows!r}")
         if not self.splits or any(name not in SPLITS for name in self.splits):
             raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
 
@@ -93,9 +99,6 @@ class GapConfig:
 QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=100",
          "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
-
-
-ROW_CHOICES = ("random", "first")
 
 
 def subset(key, x: np.ndarray, n: int, rows: str = "random", *, order: str | None = None,
@@ -149,7 +152,8 @@ def markdown(result: dict) -> str:
                   "| K | ELBO | stderr |", "| ---: | ---: | ---: |"]
         lines += [f"| {k} | {e['mean']:.3f} | {e['stderr']:.3f} |" for k, e in zip(curve["k"], curve["elbo"])]
         fits = r["local_fits"]
-        lines += ["", "Local fits: " + "; ".join(
+        fit_rule = f"{result['local_fit_protocol']} protocol, from the {protocol['local_init']}"
+        lines += ["", f"Local fits ({fit_rule}): " + "; ".join(
             f"{name}: {f['converged']}/{f['n']} converged, median {f['median_steps']:.0f} steps"
             for name, f in fits.items()), ""]
     return "\n".join(lines)
@@ -252,7 +256,8 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     timings["vae"] = round(timings["vae"], 2)
     timings["total"] = round(timings["total"], 2)
 
-    result.update({"seed": config.seed, "config": dataclasses.asdict(config),
+    result.update({"seed": config.seed, "local_fit_protocol": config.protocol.local_fit.protocol_name(),
+                   "config": dataclasses.asdict(config),
                    "vae_config": dataclasses.asdict(vae_config), "environment": provenance.environment(),
                    "wall_seconds": timings})
     os.makedirs(workdir, exist_ok=True)

@@ -34,10 +34,10 @@ def test_schedules_run_from_zero_to_one(kind):
 
 
 @pytest.mark.parametrize("changes,match", [
-    pytest.param({"schedule": "cosine"}, "unknown annealing schedule 'cosine'", id="schedule"),
-    pytest.param({"num_chains": 0}, "must be >= 1", id="no-chains"),
+    pytest.param({"schedule": "cosine"}, "schedule must be one of", id="schedule"),
+    pytest.param({"num_chains": 0}, "num_chains must be an integer >= 1", id="no-chains"),
     pytest.param({"initial_step_size": 1.0}, "initial_step_size <= max_step_size", id="step-size"),
-    pytest.param({"target_acceptance": 1.0}, "target_acceptance < 1", id="target"),
+    pytest.param({"target_acceptance": 1.0}, r"target_acceptance must be a finite number in \(0, 1\)", id="target"),
 ])
 def test_bad_config_is_named(changes, match):
     with pytest.raises(ValueError, match=match):

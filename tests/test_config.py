@@ -1,4 +1,7 @@
 """Config overrides from the command line."""
+import os
+import re
+
 import pytest
 
 from vi_jax.config import apply_overrides
@@ -45,3 +48,154 @@ def test_flow_family_needs_the_monte_carlo_kl():
     with pytest.raises(ValueError, match="no closed-form KL; set kl=mc"):
         dataclasses.replace(VAEConfig(), family="flow").validate()
     dataclasses.replace(VAEConfig(), family="flow", kl="mc").validate()
+
+
+# --- field rules (vi_jax.config.check_fields) and named presets -------------------------------
+
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+import typing  # noqa: E402
+
+from experiments.gap import GapConfig  # noqa: E402
+from vi_jax.ais import AisConfig  # noqa: E402
+from vi_jax.gap import GapProtocol  # noqa: E402
+from vi_jax.local import LOCAL_FIT_PROTOCOLS, LocalFitConfig  # noqa: E402
+
+BAD_LOCAL_FIT = [
+    ("learning_rate", -1e-2, "LocalFitConfig.learning_rate must be a finite number > 0, got -0.01"),
+    ("learning_rate", 0.0, "learning_rate must be a finite number > 0"),
+    ("learning_rate", math.nan, "learning_rate must be a finite number > 0, got nan"),
+    ("learning_rate", math.inf, "learning_rate must be a finite number > 0, got inf"),
+    ("num_samples", 0, "LocalFitConfig.num_samples must be an integer >= 1, got 0"),
+    ("num_samples", 2.5, "num_samples must be an integer >= 1, got 2.5"),
+    ("check_every", 0, "LocalFitConfig.check_every must be an integer >= 1, got 0"),
+    ("patience", 0, "LocalFitConfig.patience must be an integer >= 1, got 0"),
+    ("patience", True, "patience must be an integer >= 1, got True"),
+    ("max_steps", 0, "LocalFitConfig.max_steps must be an integer >= 1, got 0"),
+    ("lr_reductions", -1, "LocalFitConfig.lr_reductions must be an integer >= 0, got -1"),
+    ("lr_reduction_factor", 1.0, "LocalFitConfig.lr_reduction_factor must be a finite number in (0, 1), got 1.0"),
+    ("lr_reduction_factor", 0.0, "lr_reduction_factor must be a finite number in (0, 1), got 0.0"),
+    ("block_rows", -1, "LocalFitConfig.block_rows must be an integer >= 0, got -1"),
+]
+BAD_PROTOCOL = [
+    ("local_init", "random", "GapProtocol.local_init must be one of ('encoder', 'prior'), got 'random'"),
+    ("elbo_samples", 0, "GapProtocol.elbo_samples must be an integer >= 1, got 0"),
+    ("iwae_samples", -5, "GapProtocol.iwae_samples must be an integer >= 1, got -5"),
+    ("iwae_chunk_size", 0, "GapProtocol.iwae_chunk_size must be an integer >= 1"),
+    ("batch_size", 0, "GapProtocol.batch_size must be an integer >= 1"),
+    ("refine_steps", (), "GapProtocol.refine_steps must be a non-empty tuple of integers >= 0, got ()"),
+    ("refine_steps", (0, -1), "refine_steps must be a non-empty tuple of integers >= 0, got (0, -1)"),
+    ("refine_learning_rate", math.nan, "GapProtocol.refine_learning_rate must be a finite number > 0, got nan"),
+]
+BAD_AIS = [
+    ("num_chains", 0, "AisConfig.num_chains must be an integer >= 1, got 0"),
+    ("num_steps", 0, "AisConfig.num_steps must be an integer >= 1"),
+    ("schedule", "cosine", "AisConfig.schedule must be one of ('sigmoid', 'linear'), got 'cosine'"),
+    ("leapfrog_steps", 0, "AisConfig.leapfrog_steps must be an integer >= 1"),
+    ("adapt_chains", 0, "AisConfig.adapt_chains must be an integer >= 1"),
+    ("initial_step_size", math.inf, "AisConfig.initial_step_size must be a finite number > 0, got inf"),
+    ("target_acceptance", 1.0, "AisConfig.target_acceptance must be a finite number in (0, 1), got 1.0"),
+    ("adapt_rate", 1.0, "AisConfig.adapt_rate must be a finite number in [0, 1), got 1.0"),
+    ("min_step_size", 0.0, "AisConfig.min_step_size must be a finite number > 0"),
+    ("max_step_size", math.nan, "AisConfig.max_step_size must be a finite number > 0, got nan"),
+    ("initial_step_size", 1.0, "need min_step_size <= initial_step_size <= max_step_size"),
+]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    pytest.param(f, v, m, id=f"{f}={v!r}") for f, v, m in BAD_LOCAL_FIT])
+def test_bad_local_fit_config_is_refused_at_construction(field, value, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        LocalFitConfig(**{field: value})
+
+
+@pytest.mark.parametrize("config,field,value,match", [
+    pytest.param(GapProtocol(), f, v, m, id=f"protocol.{f}={v!r}") for f, v, m in BAD_PROTOCOL] + [
+    pytest.param(AisConfig(), f, v, m, id=f"ais.{f}={v!r}") for f, v, m in BAD_AIS])
+def test_bad_protocol_and_ais_config_are_refused_by_validate(config, field, value, match):
+    bad = dataclasses.replace(config, **{field: value})
+    with pytest.raises(ValueError, match=re.escape(match)):
+        bad.validate()
+
+
+@pytest.mark.parametrize("assignment,match", [
+    pytest.param("protocol.local_fit.learning_rate=-1e-2",
+                 "protocol.local_fit.learning_rate=-1e-2: LocalFitConfig.learning_rate must be a finite number > 0",
+                 id="negative-lr"),
+    pytest.param("protocol.local_fit.learning_rate=nan", "learning_rate must be a finite number > 0, got nan",
+                 id="nan-lr"),
+    pytest.param("protocol.local_fit.patience=0", "protocol.local_fit.patience=0: LocalFitConfig.patience must be",
+                 id="zero-patience"),
+    pytest.param("protocol.local_fit.max_steps=0", "LocalFitConfig.max_steps must be an integer >= 1", id="zero-max-steps"),
+    pytest.param("protocol.local_fit.check_every=0", "LocalFitConfig.check_every must be an integer >= 1",
+                 id="zero-check-every"),
+    pytest.param("protocol.local_fit=fast", "unknown local fit protocol 'fast'; known: ('reference', 'authors', "
+                 "'accurate')", id="unknown-protocol"),
+    pytest.param("protocol.ais=fast", "'protocol.ais' is a nested config; set one of its fields with a dot",
+                 id="no-presets"),
+])
+def test_bad_gap_override_is_refused_while_parsing(assignment, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        apply_overrides(GapConfig(), [assignment])
+
+
+@pytest.mark.parametrize("assignment,match", [
+    pytest.param("n_eval=0", "GapConfig.n_eval must be an integer >= 1, got 0", id="zero-n-eval"),
+    pytest.param("n_eval=-5", "GapConfig.n_eval must be an integer >= 1, got -5", id="negative-n-eval"),
+    pytest.param("seed=-1", "GapConfig.seed must be an integer >= 0, got -1", id="negative-seed"),
+    pytest.param("rows=last", "GapConfig.rows must be one of ('random', 'first'), got 'last'", id="rows"),
+    pytest.param("flow_layers=0", "GapConfig.flow_layers must be an integer >= 1", id="flow-layers"),
+    pytest.param("protocol.elbo_samples=0", "GapProtocol.elbo_samples must be an integer >= 1", id="elbo-samples"),
+])
+def test_bad_gap_config_is_refused_before_any_compute(assignment, match, monkeypatch, tmp_path):
+    """experiments.gap.run refuses these before it loads data or trains (both replaced by a trap)."""
+    from experiments import gap
+
+    def trap(*args, **kwargs):
+        raise AssertionError("compute started before validation")
+
+    monkeypatch.setattr(gap, "load_training_data", trap)
+    monkeypatch.setattr(gap, "train_vae", trap)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        gap.run(apply_overrides(GapConfig(), [assignment]), str(tmp_path), progress=False)
+    assert not os.listdir(tmp_path)
+
+
+def _numeric(kind) -> bool:
+    return kind in (int, float) or (typing.get_origin(kind) is tuple and typing.get_args(kind)[0] in (int, float))
+
+
+@pytest.mark.parametrize("cls", [LocalFitConfig, GapProtocol, AisConfig, GapConfig], ids=lambda c: c.__name__)
+def test_every_numeric_field_has_a_rule(cls):
+    """NaN, inf and out-of-range values are caught anywhere numeric: no int/float field lacks a rule,
+    and every rule names a field."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(cls.RULES) <= fields
+    assert {name for name in fields if _numeric(hints[name])} <= set(cls.RULES)
+
+
+def test_named_local_fit_protocols_have_the_documented_settings():
+    """reference = today's default; authors = lxuechen's local_ffg.py (lr 1e-3, 100 draws per step,
+    check every 100, stop after more than 10 checks without improvement, no cap in practice);
+    accurate = README's accurate option (lr 1e-2, 10 draws, 3 reductions by 10)."""
+    assert LocalFitConfig.named("reference") == LocalFitConfig() == GapProtocol().local_fit
+    assert dataclasses.asdict(LocalFitConfig()) == {
+        "learning_rate": 1e-3, "num_samples": 1, "check_every": 100, "patience": 10, "max_steps": 20_000,
+        "lr_reductions": 0, "lr_reduction_factor": 0.1, "block_rows": 0}
+    assert LOCAL_FIT_PROTOCOLS["authors"] == dataclasses.replace(LocalFitConfig(), num_samples=100, patience=11,
+                                                                 max_steps=1_000_000)
+    assert LOCAL_FIT_PROTOCOLS["accurate"] == dataclasses.replace(LocalFitConfig(), learning_rate=1e-2,
+                                                                  num_samples=10, lr_reductions=3)
+    for name, config in LOCAL_FIT_PROTOCOLS.items():
+        assert config.protocol_name() == name
+        assert GapProtocol(local_fit=name).local_fit == config
+        assert apply_overrides(GapConfig(), [f"protocol.local_fit={name}"]).protocol.local_fit == config
+        assert dataclasses.replace(config, block_rows=64).protocol_name() == name  # batching only
+    assert dataclasses.replace(LocalFitConfig(), patience=11).protocol_name() == "custom"
+    # a field set after the name changes that field only, and the settings are then "custom"
+    both = apply_overrides(GapConfig(), ["protocol.local_fit=authors", "protocol.local_fit.max_steps=5000"])
+    assert both.protocol.local_fit == dataclasses.replace(LOCAL_FIT_PROTOCOLS["authors"], max_steps=5000)
+    assert both.protocol.local_fit.protocol_name() == "custom"
+    with pytest.raises(ValueError, match=re.escape("unknown local fit protocol 'fast'; known: ('reference', ")):
+        GapProtocol(local_fit="fast")

@@ -72,7 +72,7 @@ def test_unknown_ais_proposal_is_named(trained):
 
 
 @pytest.mark.parametrize("changes,match", [
-    pytest.param({"local_init": "random"}, "unknown local_init 'random'", id="local-init"),
+    pytest.param({"local_init": "random"}, "local_init must be one of .* got 'random'", id="local-init"),
     pytest.param({"refine_steps": ()}, "refine_steps must be a non-empty tuple", id="no-refine-steps"),
     pytest.param({"ais_proposal": "prior", "ais": AisConfig(num_steps=0)}, "num_steps", id="ais-steps"),
 ])

@@ -57,6 +57,7 @@ def test_gap_quick_end_to_end(tmp_path):
         expected_rows = np.sort(np.asarray(jax.random.permutation(key, r["rows"]["of"]))[:20])
         np.testing.assert_array_equal(arrays["rows"], expected_rows)
     assert result["seed"] == 0 and result["environment"]["versions"]["jax"]
+    assert result["local_fit_protocol"] == "custom"  # --quick loosens the reference fit
     assert set(result["wall_seconds"]) >= {"vae", "total"}
     # same seed, identical numbers; a run of one split draws that split's keys as the full run does
     again = run(tmp_path / "b", "--set", "splits=test")

@@ -225,7 +225,8 @@ def test_local_fit_reaches_q_star_from_prior_and_from_encoder(default_model):
     start = {k: np.asarray(v, np.float64) for k, v in table.items()}
     initial = oracles.amortization_gap(theta, np.asarray(data), start)[len(x):]
     assert initial.mean() > 0.2 and np.all(initial > 0.05), initial
-    config = LocalFitConfig(learning_rate=1e-2, num_samples=10, lr_reductions=3)
+    config = LocalFitConfig.named("accurate")  # the named protocol this test guards
+    assert config == LocalFitConfig(learning_rate=1e-2, num_samples=10, lr_reductions=3)
     result = jax.jit(make_local_fit(model, family, config))(jax.random.PRNGKey(0), theta, table, data)
     assert bool(result.converged.all())
     table = result.params

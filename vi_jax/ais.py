@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.mcmc import hmc
 
+from vi_jax.config import Rule, check_fields, count, one_of, real
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import IWAE_CHUNK_SIZE, IwaeTerms, log_mean_weight_stderr, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
@@ -60,18 +61,16 @@ class AisConfig:
     max_step_size: float = 0.5
     adapt_chains: int = 4
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "num_chains": count(1), "num_steps": count(1), "schedule": one_of(SCHEDULES), "leapfrog_steps": count(1),
+        "initial_step_size": real(0), "target_acceptance": real(0, 1), "adapt_rate": real(0, 1, low_closed=True),
+        "min_step_size": real(0), "max_step_size": real(0), "adapt_chains": count(1)}
+
     def validate(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown annealing schedule {self.schedule!r}; known: {SCHEDULES}")
-        if min(self.num_chains, self.num_steps, self.leapfrog_steps, self.adapt_chains) < 1:
-            raise ValueError("num_chains, num_steps, leapfrog_steps and adapt_chains must be >= 1, got "
-                             f"{self.num_chains}, {self.num_steps}, {self.leapfrog_steps}, {self.adapt_chains}")
-        if not 0 < self.min_step_size <= self.initial_step_size <= self.max_step_size:
-            raise ValueError("need 0 < min_step_size <= initial_step_size <= max_step_size, got "
+        check_fields(self, self.RULES)
+        if not self.min_step_size <= self.initial_step_size <= self.max_step_size:
+            raise ValueError("need min_step_size <= initial_step_size <= max_step_size, got "
                              f"{self.min_step_size}, {self.initial_step_size}, {self.max_step_size}")
-        if not 0 < self.target_acceptance < 1 or not 0 <= self.adapt_rate < 1:
-            raise ValueError(f"need 0 < target_acceptance < 1 and 0 <= adapt_rate < 1, got "
-                             f"{self.target_acceptance}, {self.adapt_rate}")
 
     def likelihood_evaluations(self) -> int:
         """Evaluations of log p(x, z) per datapoint (with or without its gradient), all chains:

@@ -1,11 +1,79 @@
-"""Frozen-dataclass configs and `field=value` overrides from the command line."""
+"""Frozen-dataclass configs: `field=value` overrides from the command line, named presets, and
+field rules declared next to the fields (`Rule`, `check_fields`).
+
+A config class lists its rules in a table beside its fields, e.g.
+
+    RULES: ClassVar[dict[str, Rule]] = {"learning_rate": real(0), "num_samples": count(1)}
+
+and calls `check_fields(self, self.RULES)` in `validate()` (or `__post_init__`, to refuse bad
+values at construction), so every bad value is named before any compute. A config class with a
+`named(name)` classmethod can be set by name on the command line ("protocol.local_fit=authors").
+"""
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 C = TypeVar("C")
+
+
+class Rule(NamedTuple):
+    """What one config field may hold: ok(value) -> bool, and `want`, the words for a good value."""
+
+    ok: Callable[[Any], bool]
+    want: str
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def count(minimum: int = 1) -> Rule:
+    """An integer (not a bool, not a float) >= minimum."""
+    return Rule(lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}")
+
+
+def counts(minimum: int = 0) -> Rule:
+    """A non-empty tuple of integers >= minimum."""
+    return Rule(lambda v: isinstance(v, tuple) and len(v) > 0 and all(_is_int(k) and k >= minimum for k in v),
+                f"a non-empty tuple of integers >= {minimum}")
+
+
+def real(low: float = -math.inf, high: float = math.inf, *, low_closed: bool = False,
+         high_closed: bool = False) -> Rule:
+    """A finite number (int or float, not a bool) in the interval from low to high, open at each end
+    unless that end is closed: real(0) is x > 0, real(0, 1) is 0 < x < 1."""
+    def ok(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+        return (v >= low if low_closed else v > low) and (v <= high if high_closed else v < high)
+
+    if high == math.inf:
+        want = f">= {low}" if low_closed else f"> {low}"
+    else:
+        want = f"in {'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
+    return Rule(ok, f"a finite number {want}")
+
+
+def one_of(choices: Sequence[str]) -> Rule:
+    """One of the named choices."""
+    return Rule(lambda v: v in tuple(choices), f"one of {tuple(choices)}")
+
+
+def check_fields(config: Any, rules: Mapping[str, Rule]) -> None:
+    """Raise ValueError "<Class>.<field> must be <want>, got <value>" for the first field of
+    `config` that breaks its rule."""
+    for name, rule in rules.items():
+        value = getattr(config, name)
+        try:
+            good = rule.ok(value)
+        except TypeError:  # e.g. a string compared with a number
+            good = False
+        if not good:
+            raise ValueError(f"{type(config).__name__}.{name} must be {rule.want}, got {value!r}")
 
 
 def _parse(text: str, kind: Any, field: str) -> Any:
@@ -52,8 +120,18 @@ def _set(config: C, path: list[str], text: str, full: str) -> C:
             raise ValueError(f"config field {field!r} has no sub-fields (in {full!r})")
         return dataclasses.replace(config, **{field: _set(value, path[1:], text, full)})
     if dataclasses.is_dataclass(value):
-        raise ValueError(f"config field {full!r} is a nested config; set one of its fields with a dot")
-    return dataclasses.replace(config, **{field: _parse(text, hints[field], full)})
+        named = getattr(type(value), "named", None)
+        if named is None:
+            raise ValueError(f"config field {full!r} is a nested config; set one of its fields with a dot")
+        try:
+            return dataclasses.replace(config, **{field: named(text)})
+        except ValueError as error:
+            raise ValueError(f"{full}={text}: {error}") from None
+    parsed = _parse(text, hints[field], full)
+    try:
+        return dataclasses.replace(config, **{field: parsed})
+    except ValueError as error:  # a config that checks its fields at construction
+        raise ValueError(f"{full}={text}: {error}") from None
 
 
 def from_dict(cls: type[C], values: dict) -> C:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from vi_jax.ais import AisConfig, make_ais
+from vi_jax.config import Rule, check_fields, count, counts, one_of, real
 from vi_jax.elbo import IWAE_CHUNK_SIZE, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import LocalFitConfig, make_local_fit, make_refine, tile_rows
@@ -36,7 +37,8 @@ LOCAL_INITS = ("encoder", "prior")
 
 @dataclasses.dataclass(frozen=True)
 class GapProtocol:
-    """How each quantity is estimated (defaults follow Cremer et al. 2018 where they say)."""
+    """How each quantity is estimated (defaults follow Cremer et al. 2018 where they say).
+    local_fit may be given by name: GapProtocol(local_fit="accurate") (see LOCAL_FIT_PROTOCOLS)."""
 
     local_fit: LocalFitConfig = LocalFitConfig()  # the q* optimiser and its convergence rule
     local_init: str = "encoder"  # start q* from the encoder's output, or from the prior
@@ -51,15 +53,19 @@ class GapProtocol:
     ais_proposal: str = ""
     ais: AisConfig = AisConfig()
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "local_init": one_of(LOCAL_INITS), "elbo_samples": count(1), "iwae_samples": count(1),
+        "iwae_chunk_size": count(1), "batch_size": count(1), "refine_steps": counts(0),
+        "refine_learning_rate": real(0)}
+
+    def __post_init__(self):
+        if isinstance(self.local_fit, str):
+            object.__setattr__(self, "local_fit", LocalFitConfig.named(self.local_fit))
+
     def validate(self) -> None:
+        check_fields(self, self.RULES)
         if self.ais_proposal:
             self.ais.validate()
-        if self.local_init not in LOCAL_INITS:
-            raise ValueError(f"unknown local_init {self.local_init!r}; known: {LOCAL_INITS}")
-        if min(self.elbo_samples, self.iwae_samples, self.iwae_chunk_size, self.batch_size) < 1:
-            raise ValueError("elbo_samples, iwae_samples, iwae_chunk_size and batch_size must be >= 1")
-        if not self.refine_steps or any(k < 0 for k in self.refine_steps):
-            raise ValueError(f"refine_steps must be a non-empty tuple of steps >= 0, got {self.refine_steps}")
 
 
 def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
