@@ -11,7 +11,13 @@ ELBO / IWAE_100 curve is recorded every eval_every epochs on --num-valid validat
 Then evaluates the test log-likelihood with IWAE K = 5000 (the preset's final_iwae_samples), and
 for the Cremer presets runs the gap protocol of experiments.gap on the first --gap-points
 training points and a seeded random --gap-points of the test split (into WORKDIR/gap), with
-log p(x) the larger of IWAE_5000 and AIS per datapoint (the preset's gap_overrides; --gap-set adds to them).
+the `accurate` local fit and log p(x) the larger of IWAE_5000 and AIS per datapoint (the
+preset's gap_overrides; --gap-set adds to them), then the authors' local fit on
+--authors-points of the same rows (into WORKDIR/gap_authors).
+
+    python -m experiments.reproduce --publish WORKDIR --to results/NAME   # an artifact (vi_jax.artifacts)
+    python -m experiments.reproduce --verify results/NAME --data-dir DIR  # recheck every figure
+    python -m experiments.reproduce --table results/*                     # the figures as Markdown
 
 Writes into --workdir (atomically, metrics.json last): metrics.json (test_log_px, test_elbo,
 train_elbo as {"mean", "stderr"}; the published figure and our difference; the schedule run;
@@ -24,7 +30,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +61,17 @@ class RunOptions:
     num_valid: int = 1000  # validation points on the curve
     checkpoint_every: int = 10  # epochs
     gap_points: int = 1000  # Cremer presets: the first gap_points training, a random gap_points test points
-    gap_overrides: tuple[str, ...] = ()  # GapConfig overrides for the gap protocol
+    # Cremer presets: the authors' local-fit protocol again on min(authors_points, gap_points) of
+    # those rows (the same key, so a subset of them; 0: not run)
+    authors_points: int = 200
+    gap_overrides: tuple[str, ...] = ()  # GapConfig overrides for the gap protocol (both runs)
 
     def validate(self) -> None:
-        counts = {name: getattr(self, name) for name in ("num_train", "num_test", "num_valid", "gap_points")}
+        counts = {name: getattr(self, name)
+                  for name in ("num_train", "num_test", "num_valid", "gap_points", "authors_points")}
         if any(count < 0 for count in counts.values()) or self.gap_points < 1:
-            raise ValueError(f"num_train, num_test and num_valid must be >= 0 and gap_points >= 1, got {counts}")
+            raise ValueError(f"num_train, num_test, num_valid and authors_points must be >= 0 and gap_points >= 1, "
+                             f"got {counts}")
 
 
 def preset_config(name: str, options: RunOptions, overrides=()):
@@ -109,10 +122,12 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
     config = preset_config(preset_name, options, overrides)
     log = print if progress else (lambda message: None)
     dataset, train, test = load_training_data(config, data_dir)
+    gap_configs = {}
     if preset.gap_protocol:  # its row choice refused now, not after hours of training
-        gap_config = gap_protocol_config(workdir, preset.gap_overrides + options.gap_overrides, options)
-        gap_config.validate()
-        gap.choose_rows(gap_config, dataset, {"train": train, "test": test})
+        gap_configs = gap_protocol_configs(workdir, preset.gap_overrides + options.gap_overrides, options)
+        for gap_config in gap_configs.values():
+            gap_config.validate()
+            gap.choose_rows(gap_config, dataset, {"train": train, "test": test})
     held_out_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), HELD_OUT_KEY)
     if dataset.valid is not None:  # Larochelle's validation file is in random order
         valid = gap.subset(None, dataset.valid, options.num_valid, "first", order=dataset.ordered_splits.get("valid"),
@@ -151,21 +166,33 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
         "test_rows": test_rows,
     })
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
-    if preset.gap_protocol:
-        metrics["gap"] = gap.run(gap_config, os.path.join(workdir, "gap"), data_dir=data_dir,
-                                 progress=progress)["splits"]
+    for folder, gap_config in gap_configs.items():
+        metrics[folder] = gap.run(gap_config, os.path.join(workdir, folder), data_dir=data_dir,
+                                  progress=progress)["splits"]
         io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     io.atomic_write_text(os.path.join(workdir, "reproduce.md"), markdown(metrics))
     return metrics
 
 
-def gap_protocol_config(workdir: str, overrides: tuple[str, ...], options: RunOptions) -> gap.GapConfig:
-    """The GapConfig of the Cremer protocol on the model trained in `workdir`: the first
-    options.gap_points training points (Cremer et al.; Larochelle's training file is in random
-    order) and a seeded random options.gap_points of the test split (the file is sorted by class),
-    then GapConfig `overrides` (the preset's, then the user's)."""
-    return apply_overrides(gap.GapConfig(checkpoint=workdir, n_eval=options.gap_points, rows="random",
-                                         train_rows="first"), overrides)
+AUTHORS_GAP = ("protocol.local_fit=authors", "protocol.local_init=prior", "protocol.ais_proposal=")
+
+
+def gap_protocol_configs(workdir: str, overrides: tuple[str, ...], options: RunOptions) -> dict:
+    """{results folder: GapConfig} of the Cremer protocol on the model trained in `workdir`.
+
+    "gap": the first options.gap_points training points (Cremer et al.; Larochelle's training
+    file is in random order) and a seeded random options.gap_points of the test split (the file
+    is sorted by class), then GapConfig `overrides` (the preset's, then the user's).
+    "gap_authors" (when options.authors_points > 0): the same with the authors' local fit
+    (AUTHORS_GAP: lxuechen local_ffg.py's settings from the prior, no AIS) on the first
+    min(authors_points, gap_points) of those rows: the same seed draws a subset of the same rows,
+    so the two protocols' q* can be compared datapoint by datapoint."""
+    base = gap.GapConfig(checkpoint=workdir, n_eval=options.gap_points, rows="random", train_rows="first")
+    configs = {"gap": apply_overrides(base, overrides)}
+    if options.authors_points:
+        n = min(options.authors_points, options.gap_points)
+        configs["gap_authors"] = apply_overrides(base, overrides + AUTHORS_GAP + (f"n_eval={n}",))
+    return configs
 
 
 def count_at_least(minimum: int):
@@ -193,10 +220,29 @@ def gap_figures(file_name: str, label: str, arrays) -> list[tuple[str, str]]:
     return figures
 
 
+PROTOCOL_QUANTITIES = ("elbo_local", "approximation_gap", "amortization_gap")
+
+
+def protocol_differences(reference: str, other: str) -> dict:
+    """Per-datapoint differences other - reference of every local family's ELBO and gaps, over
+    the rows of the gap npz `other` (which must all be rows of `reference`), with those rows."""
+    with np.load(reference) as ref, np.load(other) as oth:
+        position = {int(row): i for i, row in enumerate(ref["rows"])}
+        missing = [int(row) for row in oth["rows"] if int(row) not in position]
+        if missing:
+            raise ValueError(f"{other}: rows {missing[:5]} are not rows of {reference}")
+        where = np.array([position[int(row)] for row in oth["rows"]], dtype=np.int64)
+        names = [n for n in oth.files if n.startswith(PROTOCOL_QUANTITIES) and n in ref.files]
+        return {"rows": oth["rows"], **{n: oth[n] - ref[n][where] for n in names}}
+
+
 def publish(workdir: str, dest: str) -> dict:
     """The artifact (vi_jax.artifacts) of a finished reproduction in `workdir`: its
-    parameters, evaluation.npz (test log p(x), test and train ELBO) and every gap run in a
-    WORKDIR/gap* folder (each split's npz, figures labelled by folder and split)."""
+    parameters, evaluation.npz (test log p(x), test and train ELBO), every gap run in a
+    WORKDIR/gap* folder (each split's npz, figures labelled by folder and split), and for every
+    other gap run the paired differences of its local fits from those of WORKDIR/gap
+    (protocols_{folder}_{split}.npz). The workdir must verify against its manifest first."""
+    rundir.verify(workdir)
     metrics = artifacts.read_json(os.path.join(workdir, "metrics.json"))
     arrays = {"evaluation.npz": os.path.join(workdir, "evaluation.npz")}
     figures = [(artifacts.TEST_LOG_PX, "evaluation.npz:test_iwae"), ("test_elbo", "evaluation.npz:test_elbo"),
@@ -209,14 +255,26 @@ def publish(workdir: str, dest: str) -> dict:
             arrays[file_name] = source
             with np.load(source) as a:
                 figures += gap_figures(file_name, f"{folder} {split}", list(a.keys()))
+    derived = tempfile.mkdtemp(prefix="vi_jax-publish-")
+    for folder in gap_runs:
+        for split in gap_runs[folder]["splits"] if folder != "gap" and "gap" in gap_runs else ():
+            file_name = f"protocols_{folder}_{split}.npz"
+            difference = protocol_differences(os.path.join(workdir, "gap", f"gap_{split}.npz"),
+                                              os.path.join(workdir, folder, f"gap_{split}.npz"))
+            arrays[file_name] = os.path.join(derived, file_name)
+            io.atomic_save_npz(arrays[file_name], **difference)
+            figures += [(f"protocols {split}: {n}, {folder} - gap", f"{file_name}:{n}") for n in difference if n != "rows"]
     info = {"preset": metrics["preset"]["name"], "run_options": metrics["run_options"],
             "overrides": metrics.get("overrides", []), "seed": metrics["seed"],
             "environment": metrics["environment"], "wall_seconds": metrics["wall_seconds"],
             "gap": {folder: {k: g[k] for k in ("config", "environment", "wall_seconds")} for folder, g in gap_runs.items()}}
-    return artifacts.publish(dest, name=os.path.basename(os.path.normpath(dest)),
-                             vae_config=from_dict(VAEConfig, metrics["config"]),
-                             params_path=os.path.join(workdir, "params.msgpack"), arrays=arrays, figures=figures,
-                             info=info, data_dim=metrics["data_dim"])
+    try:
+        return artifacts.publish(dest, name=os.path.basename(os.path.normpath(dest)),
+                                 vae_config=from_dict(VAEConfig, metrics["config"]),
+                                 params_path=os.path.join(workdir, "params.msgpack"), arrays=arrays, figures=figures,
+                                 info=info, data_dim=metrics["data_dim"])
+    finally:
+        shutil.rmtree(derived, ignore_errors=True)
 
 
 def verify(directory: str, *, data_dir: str | None, fresh_points: int, fresh_seed: int) -> bool:
@@ -256,6 +314,8 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints")
     parser.add_argument("--gap-points", type=count_at_least(1), default=1000,
                         help="Cremer presets: the first N training and a seeded random N test points")
+    parser.add_argument("--authors-points", type=count_at_least(0), default=200,
+                        help="Cremer presets: the authors' local fit again on N of those points (0: not run)")
     parser.add_argument("--gap-set", dest="gap_overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a GapConfig field of the gap protocol (Cremer presets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -264,7 +324,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     options = RunOptions(epochs_scale=args.epochs_scale, num_train=args.num_train, num_test=args.num_test,
                          num_valid=args.num_valid, checkpoint_every=args.checkpoint_every,
-                         gap_points=args.gap_points, gap_overrides=tuple(args.gap_overrides))
+                         gap_points=args.gap_points, authors_points=args.authors_points,
+                         gap_overrides=tuple(args.gap_overrides))
     workdir = os.path.join("runs", args.preset) if args.workdir is None else args.workdir  # "" is an error
     metrics = run(args.preset, workdir, options, overrides=args.overrides, data_dir=args.data_dir,
                   resume=args.resume, resume_fallback=args.fallback_to_intact, progress=not args.no_progress,

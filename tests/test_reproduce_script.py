@@ -49,7 +49,7 @@ def test_cremer_preset_runs_the_gap_protocol_on_first_train_and_random_test_poin
     gap_quick = ["protocol.local_fit.max_steps=300", "protocol.local_fit.check_every=20", "protocol.elbo_samples=20",
                  "protocol.iwae_samples=50", "protocol.refine_steps=0,2", "protocol.ais.num_steps=5",
                  "protocol.ais.num_chains=2", "protocol.ais.leapfrog_steps=2", "protocol.ais.adapt_chains=1"]
-    extra = ["--preset", "cremer_ffg", "--gap-points", "10"]
+    extra = ["--preset", "cremer_ffg", "--gap-points", "10", "--authors-points", "4"]
     for assignment in gap_quick:
         extra += ["--gap-set", assignment]
     metrics = run_script(tmp_path, *extra)
@@ -65,6 +65,28 @@ def test_cremer_preset_runs_the_gap_protocol_on_first_train_and_random_test_poin
     assert [result["splits"][split]["rows"]["choice"] for split in ("train", "test")] == ["first", "random"]
     np.testing.assert_array_equal(np.load(tmp_path / "gap" / "gap_train.npz")["rows"], np.arange(10))
     assert not np.array_equal(np.load(tmp_path / "gap" / "gap_test.npz")["rows"], np.arange(10))
+    # the authors' local fit on a subset of the same rows, from the prior, with 100 draws per step
+    with open(tmp_path / "gap_authors" / "gap.json") as f:
+        authors = json.load(f)
+    assert authors["config"]["protocol"]["local_init"] == "prior"
+    assert authors["config"]["protocol"]["local_fit"]["num_samples"] == 100
+    assert authors["config"]["protocol"]["ais_proposal"] == "" and "log_px_ais" not in authors["splits"]["train"]
+    for split in ("train", "test"):
+        assert authors["splits"][split]["n_eval"] == 4
+        rows = np.load(tmp_path / "gap_authors" / f"gap_{split}.npz")["rows"]
+        assert set(rows) <= set(np.load(tmp_path / "gap" / f"gap_{split}.npz")["rows"])
+    # published, the protocols' difference is a paired figure over the common rows
+    reproduce.main(["--publish", str(tmp_path), "--to", str(tmp_path / "artifact")])
+    with open(tmp_path / "artifact" / "artifact.json") as f:
+        figures = {fig["name"]: fig for fig in json.load(f)["figures"]}
+    name = "protocols train: elbo_local_ffg, gap_authors - gap"
+    a, b = (np.load(tmp_path / folder / "gap_train.npz") for folder in ("gap_authors", "gap"))
+    difference = a["elbo_local_ffg"] - b["elbo_local_ffg"][np.searchsorted(b["rows"], a["rows"])]
+    assert figures[name]["mean"] == pytest.approx(difference.mean())
+    paired = b["amortization_gap_ffg"] - b["approximation_gap_ffg"]
+    figure = figures["gap train: amortization_minus_approximation_ffg"]
+    assert (figure["mean"], figure["stderr"]) == pytest.approx((paired.mean(), paired.std(ddof=1) / np.sqrt(10)))
+    assert reproduce.verify(str(tmp_path / "artifact"), data_dir=None, fresh_points=20, fresh_seed=1)
 
 
 @pytest.mark.parametrize("flag", ["--num-train", "--num-test", "--num-valid", "--gap-points"])

@@ -113,9 +113,9 @@ PRESETS = {p.name: p for p in (
     # log p(x) as the larger of IWAE_5000 and AIS (here started from the fitted q* of the
     # decoder's own family) per datapoint, as Cremer et al. estimate it
     Preset("cremer_ffg", _cremer("gaussian"), _CREMER + ", FFG-trained decoder", {}, gap_protocol=True,
-           gap_overrides=("protocol.ais_proposal=ffg",)),
+           gap_overrides=("protocol.local_fit=accurate", "protocol.ais_proposal=ffg")),
     Preset("cremer_flow", _cremer("flow"), _CREMER + ", flow-trained decoder", {}, gap_protocol=True,
-           gap_overrides=("protocol.ais_proposal=flow",)),
+           gap_overrides=("protocol.local_fit=accurate", "protocol.ais_proposal=flow")),
 )}
 
 
