@@ -142,5 +142,5 @@ def test_bad_labels_are_caught_before_work():
         generate(jax.random.PRNGKey(0), CVAE, PARAMS, np.array([5]))
     with pytest.raises(ValueError, match="got 1 labels for 2 data rows"):
         train_cvae(CVAE, TINY, jnp.zeros((2, 5)), np.array([0]), progress=False)
-    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         make_cvae_elbo(CVAE, num_samples=0)

@@ -147,7 +147,7 @@ def test_map_datapoints_batches_agree_and_keys_ignore_n(tiny):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    pytest.param({"num_samples": 0}, "num_samples must be >= 1", id="zero-samples"),
+    pytest.param({"num_samples": 0}, "num_samples must be an integer >= 1", id="zero-samples"),
     pytest.param({"kl": "exact"}, "unknown kl form 'exact'", id="unknown-kl"),
 ])
 def test_bad_elbo_options_are_named(tiny, kwargs, match):
@@ -232,3 +232,18 @@ def test_iwae_samples_the_mixture(tiny, mixture_truth):
     iwae = jax.jit(jax.vmap(make_iwae(tiny.model, family, num_samples=1), in_axes=(0, None, None, None)))
     mean, se = mean_se(iwae(keys, tiny.theta, MIXTURE_PARAMS, tiny.x).bound)
     assert abs(mean - float(exact.elbo)) <= 4 * se, (mean, exact.elbo, se)
+
+
+@pytest.mark.parametrize("factory", ["make_elbo", "make_iwae"])
+def test_estimators_refuse_a_batch_and_non_integer_counts(tiny, factory):
+    """A batch where one datapoint is expected would broadcast and mix the rows' terms."""
+    from vi_jax import elbo as module
+
+    make = getattr(module, factory)
+    fn = make(tiny.model, tiny.family, num_samples=3)
+    q = tiny.family.init()
+    with pytest.raises(ValueError, match=r"takes one datapoint of shape .*: for a batch, jax.vmap it or use "
+                                         r"vi_jax.elbo.map_datapoints"):
+        fn(jax.random.PRNGKey(0), tiny.theta, q, jnp.stack([tiny.x, tiny.x]))
+    with pytest.raises(ValueError, match=r"num_samples must be an integer >= 1, got 2.5"):
+        make(tiny.model, tiny.family, num_samples=2.5)

@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.estimators import score_function_surrogate
@@ -46,6 +47,20 @@ class IwaeTerms(NamedTuple):
 
     bound: Array
     stderr: Array
+
+
+def check_datapoint(model: LatentVariableModel, x: Array, estimator: str) -> None:
+    """ValueError unless x is one datapoint [data_dim] (checked while tracing: free under jit).
+    A batch [N, data_dim] would broadcast against one draw's likelihood and mix the datapoints."""
+    if jnp.shape(x) != (model.data_dim,):
+        raise ValueError(f"{estimator} takes one datapoint of shape ({model.data_dim},), got {jnp.shape(x)}: "
+                         "for a batch, jax.vmap it or use vi_jax.elbo.map_datapoints")
+
+
+def check_count(name: str, value) -> None:
+    """ValueError unless value is an integer >= 1 (a float such as 2.5 draws would truncate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def map_draws(f: Callable[[Array], Array], z: Array) -> Array:
@@ -90,8 +105,7 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
     stays unbiased here since sum_k pi_k E_{q_k}[grad log q] = E_q[grad log q] = 0.
     "score_function" samples the mixture itself.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_count("num_samples", num_samples)
     if kl not in KL_FORMS:
         raise ValueError(f"unknown kl form {kl!r}; known: {KL_FORMS}")
     if kl == "analytic" and family.kl_to_prior is None:
@@ -107,6 +121,7 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
     prior = model.prior()
 
     def elbo(key: Array, theta: Params, q_params: Params, x: Array) -> ElboTerms:
+        check_datapoint(model, x, "the ELBO of make_elbo")
         q = family.distribution(q_params)
         keys = jax.random.split(key, num_samples)
         pi = None
@@ -173,13 +188,14 @@ def make_iwae(model: LatentVariableModel, family: VariationalFamily, *, num_samp
     fold_in(key, k), so the result does not depend on chunk_size (up to float rounding).
     L_1 is the ELBO; L_K increases with K towards log p(x).
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError(f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}")
+    check_count("num_samples", num_samples)
+    check_count("chunk_size", chunk_size)
     chunk_size = min(chunk_size, num_samples)
     num_chunks = math.ceil(num_samples / chunk_size)
     log_k = math.log(num_samples)
 
     def iwae(key: Array, theta: Params, q_params: Params, x: Array) -> IwaeTerms:
+        check_datapoint(model, x, "the IWAE bound of make_iwae")
         q = family.distribution(q_params)
 
         def log_weight(k: Array) -> Array:
