@@ -3,6 +3,7 @@ a tiny reproduction on the digits data is published once, then verified, damaged
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,27 @@ def test_publishing_over_an_artifact_is_refused_and_leaves_no_staging(artifact):
     with pytest.raises(artifacts.ArtifactError, match="already exists"):
         reproduce.main(["--publish", str(workdir), "--to", str(dest)])
     assert [p for p in os.listdir(dest.parent) if p.startswith(".staging")] == []
+
+
+RESULTS = Path(__file__).parents[1] / "results"
+PUBLISHED = sorted(p for p in RESULTS.iterdir() if (p / artifacts.MANIFEST_FILE).exists()) if RESULTS.is_dir() else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("published", PUBLISHED or [None], ids=lambda p: p.name if p else "none")
+def test_every_published_artifact_verifies(published, capsys):
+    """Every artifact in results/ (the evidence behind REPRODUCTION.md): its files intact, its
+    config what today's preset builds, every figure its arrays' mean, and a fresh-key test log
+    p(x) on 100 random test points within 4 standard errors. Needs the real data."""
+    if published is None:
+        pytest.skip(f"no published artifact in {RESULTS}")
+    data_dir = os.environ.get("VI_JAX_DATA_DIR") or str(Path(__file__).parents[2] / "shared" / "data")
+    if not os.path.isdir(os.path.join(data_dir, "binarized_mnist")):
+        pytest.skip(f"the real data is not in {data_dir}; set VI_JAX_DATA_DIR to verify {published.name}")
+    ok = reproduce.verify(str(published), data_dir=data_dir, fresh_points=100, fresh_seed=1)
+    assert ok, capsys.readouterr().out
+    # REPRODUCTION.md quotes the artifact's figures as --table prints them
+    table = artifacts.figures_table([str(published)])
+    reproduction = (Path(__file__).parents[1] / "REPRODUCTION.md").read_text()
+    missing = [line for line in table.splitlines()[2:] if line not in reproduction]
+    assert not missing, f"REPRODUCTION.md lacks these rows of {published.name}'s table: {missing[:3]}"

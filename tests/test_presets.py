@@ -54,7 +54,7 @@ def test_preset_sets_the_published_hyperparameters(name):
     assert preset.gap_protocol == name.startswith("cremer")
     if preset.gap_protocol:  # log p(x) = max(IWAE, AIS), AIS from q* of the decoder's family
         family = {"gaussian": "ffg", "flow": "flow"}[preset.vae.family]
-        assert preset.gap_overrides == (f"protocol.ais_proposal={family}",)
+        assert preset.gap_overrides == ("protocol.local_fit=accurate", f"protocol.ais_proposal={family}")
 
 
 @pytest.mark.parametrize("name", ["iwae_k1", "cremer_ffg"])
