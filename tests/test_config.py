@@ -34,8 +34,20 @@ def test_bad_override_is_named(assignment, match):
     pytest.param({"family": "student"}, "unknown variational family", id="family"),
     pytest.param({"activation": "sine"}, "unknown activation", id="activation"),
     pytest.param({"kl": "exact"}, "unknown kl form", id="kl"),
-    pytest.param({"batch_size": 0}, "batch_size must be >= 1", id="batch-size"),
-    pytest.param({"learning_rate": -1.0}, "learning_rate must be > 0", id="learning-rate"),
+    pytest.param({"batch_size": 0}, r"VAEConfig.batch_size must be an integer >= 1, got 0", id="batch-size"),
+    pytest.param({"learning_rate": -1.0}, r"VAEConfig.learning_rate must be a finite number > 0", id="learning-rate"),
+    pytest.param({"learning_rate": float("nan")}, r"learning_rate must be a finite number > 0, got nan",
+                 id="learning-rate-nan"),
+    pytest.param({"grad_clip_norm": float("nan")}, r"grad_clip_norm must be a finite number >= 0, got nan",
+                 id="clip-nan"),
+    pytest.param({"seed": -1}, r"VAEConfig.seed must be an integer >= 0, got -1", id="negative-seed"),
+    pytest.param({"encoder_hidden": (0,)}, r"encoder_hidden must be a tuple of integers >= 1, got \(0,\)",
+                 id="zero-width"),
+    pytest.param({"num_samples": 2.5}, r"num_samples must be an integer >= 1, got 2.5", id="float-count"),
+    pytest.param({"stage_epochs": (1, 0), "stage_learning_rates": (1e-3, 1e-4), "num_epochs": 1},
+                 r"stage_epochs must be a tuple of integers >= 1", id="empty-stage"),
+    pytest.param({"dataset": "digits_continuous"}, r"grey values in \[0, 1\], for which a Bernoulli likelihood",
+                 id="bernoulli-on-grey"),
 ])
 def test_invalid_config_is_named(changes, match):
     import dataclasses

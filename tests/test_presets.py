@@ -105,7 +105,7 @@ def test_epochs_scale_shortens_every_stage():
     (dict(objective="iwae", kl_warmup_epochs=3), "objective=iwae needs"),
     (dict(objective="wake-sleep"), "unknown training objective"),
     (dict(decoder_output_bias="random"), "unknown decoder_output_bias"),
-    (dict(adam_eps=0.0), "adam_eps must be > 0"),
+    (dict(adam_eps=0.0), "adam_eps must be a finite number > 0"),
     (dict(objective="elbo", dynamic_binarization=True, mode="non_amortized"), "non_amortized batches"),
 ])
 def test_bad_schedule_and_objective_options_are_named(change, message):

@@ -52,7 +52,7 @@ def test_train_vae_writes_results_and_reproduces(tmp_path):
 
 
 def test_bad_dataset_fails_before_writing(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+    with pytest.raises(ValueError, match="VAEConfig.dataset must be one of .*, got 'cifar'"):
         run_script(tmp_path / "bad", "--dataset", "cifar")
     assert not os.path.exists(tmp_path / "bad" / "metrics.json")
 

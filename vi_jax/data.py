@@ -22,6 +22,9 @@ from vi_jax import io
 DATASETS = ("digits", "digits_continuous", "binarized_mnist", "mnist", "fashion_mnist")
 LIKELIHOODS = ("bernoulli", "gaussian")
 VALUE_RANGES = ("binary", "unit")
+# the value range of each dataset's images, known before loading (a config is checked against it)
+DATASET_VALUE_RANGES = {"digits": "binary", "digits_continuous": "unit", "binarized_mnist": "binary",
+                        "mnist": "unit", "fashion_mnist": "unit"}
 
 DATA_DIR_ENV = "VI_JAX_DATA_DIR"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -14,7 +14,7 @@ import optax
 
 from vi_jax import data, io, networks, rundir, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
-from vi_jax.config import from_dict
+from vi_jax.config import Rule, check_fields, count, from_dict, one_of, real
 from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
@@ -26,6 +26,8 @@ from vi_jax.train import (OBJECTIVES, WARMUP_TERMS, Algorithm, TrainState, amort
                           stage_of_epoch, staged_learning_rate)
 
 Array = jax.Array
+# layer widths and stage lengths: a (possibly empty) tuple of integers >= 1
+widths = Rule(lambda v: isinstance(v, tuple) and all(count(1).ok(k) for k in v), "a tuple of integers >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,22 +71,29 @@ class VAEConfig:
     num_devices: int = 1  # > 1: data-parallel over that many devices (q_i tables sharded by rows)
     checkpoint_every: int = 0  # epochs between checkpoints when checkpointing (0: only at the end)
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": count(0), "dataset": one_of(data.DATASETS), "latent_dim": count(1),
+        "encoder_hidden": widths, "decoder_hidden": widths, "num_samples": count(1), "batch_size": count(1),
+        "learning_rate": real(0), "stage_epochs": widths, "adam_eps": real(0), "num_epochs": count(1),
+        "kl_warmup_epochs": count(0), "eval_every": count(0), "eval_elbo_samples": count(1),
+        "eval_iwae_samples": count(1), "final_iwae_samples": count(1), "eval_batch_size": count(1),
+        "local_learning_rate": real(0), "refine_steps": count(0), "refine_learning_rate": real(0),
+        "grad_clip_norm": real(0, low_closed=True), "num_devices": count(1), "checkpoint_every": count(0),
+        "stage_learning_rates": Rule(lambda v: isinstance(v, tuple) and all(real(0).ok(r) for r in v),
+                                     "a tuple of finite numbers > 0")}
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad option (before any work is done)."""
-        positive = ("latent_dim", "num_samples", "batch_size", "num_epochs", "eval_elbo_samples",
-                    "eval_iwae_samples", "final_iwae_samples", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "local_learning_rate", "refine_learning_rate", "adam_eps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        check_fields(self, self.RULES)
+        if (self.likelihood == "bernoulli" and data.DATASET_VALUE_RANGES[self.dataset] == "unit"
+                and not self.dynamic_binarization):
+            raise ValueError(f"dataset {self.dataset!r} holds grey values in [0, 1], for which a Bernoulli "
+                             "likelihood is no normalised density (its 'nats' would mean nothing): set "
+                             "dynamic_binarization=true, or likelihood=gaussian")
         if self.stage_epochs or self.stage_learning_rates:
             if len(self.stage_epochs) != len(self.stage_learning_rates):
                 raise ValueError(f"stage_epochs ({len(self.stage_epochs)}) and stage_learning_rates "
                                  f"({len(self.stage_learning_rates)}) need one entry per stage")
-            if min(self.stage_epochs) < 1 or min(self.stage_learning_rates) <= 0:
-                raise ValueError("every stage needs >= 1 epoch and a learning rate > 0")
             if sum(self.stage_epochs) != self.num_epochs:
                 raise ValueError(f"num_epochs ({self.num_epochs}) must equal the stages' total "
                                  f"({sum(self.stage_epochs)})")
@@ -101,13 +110,8 @@ class VAEConfig:
             raise ValueError("decoder_output_bias=data_mean and dynamic_binarization need likelihood=bernoulli")
         if self.dynamic_binarization and self.mode == "non_amortized":
             raise ValueError("dynamic_binarization binarizes x batches; non_amortized batches are (rows, x)")
-        if min(self.eval_every, self.kl_warmup_epochs, self.refine_steps, self.checkpoint_every,
-               self.grad_clip_norm) < 0:
-            raise ValueError("eval_every, kl_warmup_epochs, refine_steps, checkpoint_every and "
-                             "grad_clip_norm must be >= 0")
-        if self.num_devices < 1 or self.batch_size % self.num_devices:
-            raise ValueError(f"num_devices must be >= 1 and divide batch_size {self.batch_size}, "
-                             f"got {self.num_devices}")
+        if self.batch_size % self.num_devices:
+            raise ValueError(f"num_devices must divide batch_size {self.batch_size}, got {self.num_devices}")
         get_likelihood(self.likelihood)
         networks.check_network_options(self.activation, self.kernel_init)
         if self.mode not in TRAINING_MODES:
