@@ -132,7 +132,7 @@ def test_short_training_lowers_the_loss_and_counts_every_code():
     (lambda: codebook_usage(np.array([[0, 4]]), 4), r"codes must lie in \[0, 4\)"),
     (lambda: codebook_usage(np.array([[0.0, 1.0]]), 4), "integer array"),
     (lambda: make_vqvae_loss(VQVAE(DATA_DIM, BERNOULLI, L, D, K, (8,), (8,)), beta=-1.0), "beta"),
-    (lambda: VQVAEConfig(codebook_size=0).validate(), "codebook_size must be >= 1"),
+    (lambda: VQVAEConfig(codebook_size=0).validate(), "VQVAEConfig.codebook_size must be an integer >= 1"),
     (lambda: VQVAEConfig(likelihood="poisson").validate(), "unknown likelihood"),
 ])
 def test_bad_input_raises(call, message):

@@ -42,6 +42,10 @@ def counts(minimum: int = 0) -> Rule:
                 f"a non-empty tuple of integers >= {minimum}")
 
 
+# layer widths: a tuple, possibly empty (no hidden layer), of integers >= 1
+widths = Rule(lambda v: isinstance(v, tuple) and all(_is_int(k) and k >= 1 for k in v), "a tuple of integers >= 1")
+
+
 def real(low: float = -math.inf, high: float = math.inf, *, low_closed: bool = False,
          high_closed: bool = False) -> Rule:
     """A finite number (int or float, not a bool) in the interval from low to high, open at each end

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,8 @@ import numpy as np
 import optax
 
 from vi_jax import networks
+from vi_jax.config import Rule, check_fields, count, one_of, real, widths
+from vi_jax.data import DATASETS
 from vi_jax.distributions import Likelihood, get_likelihood
 from vi_jax.elbo import (IWAE_CHUNK_SIZE, ElboTerms, IwaeTerms, elbo_rows_per_step, make_elbo, make_iwae,
                          map_datapoints)
@@ -62,14 +64,15 @@ class CVAEConfig:
     eval_batch_size: int = 100  # datapoints vmapped at once in evaluation (ELBOs: fewer, elbo_rows_per_step)
     samples_per_class: int = 10  # columns of the per-class sample grid
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": count(0), "dataset": one_of(DATASETS), "num_classes": count(1), "latent_dim": count(1),
+        "encoder_hidden": widths, "decoder_hidden": widths, "prior_hidden": widths, "num_samples": count(1),
+        "batch_size": count(1), "learning_rate": real(0), "num_epochs": count(1), "eval_elbo_samples": count(1),
+        "final_iwae_samples": count(1), "eval_batch_size": count(1), "samples_per_class": count(1)}
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad option (before any work is done)."""
-        for name in ("num_classes", "latent_dim", "num_samples", "batch_size", "num_epochs", "eval_elbo_samples",
-                     "final_iwae_samples", "eval_batch_size", "samples_per_class"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        check_fields(self, self.RULES)
         get_likelihood(self.likelihood)
         networks.check_network_options(self.activation, "lecun_normal")
 

@@ -14,7 +14,7 @@ import optax
 
 from vi_jax import data, io, networks, rundir, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
-from vi_jax.config import Rule, check_fields, count, from_dict, one_of, real
+from vi_jax.config import Rule, check_fields, count, from_dict, one_of, real, widths
 from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, get_family
@@ -26,8 +26,7 @@ from vi_jax.train import (OBJECTIVES, WARMUP_TERMS, Algorithm, TrainState, amort
                           stage_of_epoch, staged_learning_rate)
 
 Array = jax.Array
-# layer widths and stage lengths: a (possibly empty) tuple of integers >= 1
-widths = Rule(lambda v: isinstance(v, tuple) and all(count(1).ok(k) for k in v), "a tuple of integers >= 1")
+# layer widths and stage lengths: config.widths, a (possibly empty) tuple of integers >= 1
 
 
 @dataclasses.dataclass(frozen=True)

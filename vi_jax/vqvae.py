@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,6 +33,8 @@ import numpy as np
 import optax
 
 from vi_jax import networks
+from vi_jax.config import Rule, check_fields, count, one_of, real, widths
+from vi_jax.data import DATASETS
 from vi_jax.distributions import Likelihood, get_likelihood
 from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.progress import trange
@@ -216,15 +218,14 @@ class VQVAEConfig:
     num_epochs: int = 200
     eval_batch_size: int = 100
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": count(0), "dataset": one_of(DATASETS), "num_latents": count(1), "code_dim": count(1),
+        "codebook_size": count(1), "encoder_hidden": widths, "decoder_hidden": widths, "beta": real(0, low_closed=True),
+        "batch_size": count(1), "learning_rate": real(0), "num_epochs": count(1), "eval_batch_size": count(1)}
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad option (before any work is done)."""
-        for name in ("num_latents", "code_dim", "codebook_size", "batch_size", "num_epochs", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        check_fields(self, self.RULES)
         get_likelihood(self.likelihood)
         networks.check_network_options(self.activation, self.kernel_init)
 
