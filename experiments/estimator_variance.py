@@ -56,6 +56,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from vi_jax import io, oracles, plotting, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count, counts
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, make_elbo, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
@@ -86,7 +87,12 @@ class EstimatorVarianceConfig:
     vae: VAEConfig = VAEConfig(eval_every=0)
     checkpoint: str = ""  # a train_vae workdir to load instead of training `vae`
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": count(0), "num_samples": Rule(counts(2).ok, counts(2).want + " (the score function's baseline)"), "repetitions": count(2), "batch_size": count(1),
+        "num_points": count(1), "latent_dim": count(1), "data_dim": count(1)}
+
     def validate(self) -> None:
+        check_fields(self, self.RULES)
         for name in self.estimators:
             estimator, _, kl = name.partition("/")
             if estimator not in ESTIMATORS or kl not in KL_FORMS:
@@ -94,11 +100,6 @@ class EstimatorVarianceConfig:
                                  f"and kl in {KL_FORMS}")
         if REFERENCE not in self.estimators:
             raise ValueError(f"estimators must include the reference {REFERENCE!r}")
-        if not self.num_samples or min(self.num_samples) < 2:
-            raise ValueError(f"num_samples must be >= 2 (the score function's baseline), got {self.num_samples}")
-        if self.repetitions < 2 or self.batch_size < 1 or self.num_points < 1:
-            raise ValueError(f"repetitions must be >= 2, batch_size and num_points >= 1, got "
-                             f"{self.repetitions}, {self.batch_size}, {self.num_points}")
         if self.include_vae and not self.checkpoint:
             self.vae.validate()
 

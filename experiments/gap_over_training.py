@@ -33,6 +33,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ import numpy as np
 
 from experiments.gap import subset
 from vi_jax import io, plotting, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
@@ -67,9 +68,12 @@ class GapOverTrainingConfig:
         local_fit=LocalFitConfig(learning_rate=3e-3, check_every=20, patience=5, max_steps=2000),
         elbo_samples=200, iwae_samples=1000, refine_steps=(0,))
 
+    # n_eval >= 2: each curve point carries a standard error over the datapoints
+    RULES: ClassVar[dict[str, Rule]] = {"seed": count(0), "every": count(1), "n_eval": count(2),
+                                        "flow_layers": count(1), "flow_hidden": count(1)}
+
     def validate(self) -> None:
-        if self.every < 1 or self.n_eval < 2:
-            raise ValueError(f"every must be >= 1 and n_eval >= 2, got {self.every}, {self.n_eval}")
+        check_fields(self, self.RULES)
         if self.vae.mode == "non_amortized":
             raise ValueError("the amortization gap needs an encoder; vae.mode must not be non_amortized")
         self.vae.validate()

@@ -44,6 +44,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,7 @@ import numpy as np
 
 from vi_jax import io, oracles, plotting, provenance, rundir
 from vi_jax.ais import AisConfig, make_ais, prior_monte_carlo
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count, counts, real
 from vi_jax.elbo import make_iwae, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import tile_rows
@@ -72,14 +73,15 @@ class MarginalLikelihoodConfig:
     chunk_size: int = 1000  # IWAE draws per chunk
     batch_size: int = 10  # datapoints vmapped at once
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": count(0), "latent_dims": counts(1), "data_per_latent": count(1), "scale": real(0),
+        "psi_low": real(0), "psi_high": real(0), "num_points": count(1), "chunk_size": count(1),
+        "batch_size": count(1)}
+
     def validate(self) -> None:
-        if not self.latent_dims or min(self.latent_dims) < 1:
-            raise ValueError(f"latent_dims must be a non-empty tuple of dimensions >= 1, got {self.latent_dims}")
-        if min(self.data_per_latent, self.num_points, self.chunk_size, self.batch_size) < 1:
-            raise ValueError("data_per_latent, num_points, chunk_size and batch_size must be >= 1")
-        if not 0 < self.psi_low <= self.psi_high or self.scale <= 0:
-            raise ValueError(f"need 0 < psi_low <= psi_high and scale > 0, got {self.psi_low}, "
-                             f"{self.psi_high}, {self.scale}")
+        check_fields(self, self.RULES)
+        if self.psi_low > self.psi_high:
+            raise ValueError(f"need psi_low <= psi_high, got {self.psi_low}, {self.psi_high}")
         self.ais.validate()
 
 

@@ -31,13 +31,14 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from vi_jax import io, networks, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count, one_of, real, widths
 from vi_jax.mixture_model import (ESTIMATORS, GaussianMixture, amortized_mixture_vi, local_mixture_vi,
                                   make_mixture_elbo, make_posterior_fit, posterior_kl)
 from vi_jax.train import make_epoch
@@ -67,15 +68,15 @@ class MixtureConfig:
     refit_learning_rate: float = 0.1  # decayed exponentially to refit_final_learning_rate
     refit_final_learning_rate: float = 1e-3
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": count(0), "num_components": count(1), "data_dim": count(1), "truth_mean_scale": real(0),
+        "num_train": count(1), "num_test": count(1), "estimator": one_of(ESTIMATORS), "num_samples": count(1),
+        "encoder_hidden": widths, "learning_rate": real(0), "local_learning_rate": real(0),
+        "batch_size": count(1), "num_epochs": count(1), "refit_steps": count(1), "refit_learning_rate": real(0),
+        "refit_final_learning_rate": real(0)}
+
     def validate(self) -> None:
-        for name in ("num_components", "data_dim", "num_train", "num_test", "batch_size", "num_epochs",
-                     "refit_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("truth_mean_scale", "learning_rate", "local_learning_rate", "refit_learning_rate",
-                     "refit_final_learning_rate"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        check_fields(self, self.RULES)
         if self.batch_size > self.num_train:
             raise ValueError(f"batch_size {self.batch_size} exceeds num_train {self.num_train}")
         make_mixture_elbo(GaussianMixture(1, 1), estimator=self.estimator, num_samples=self.num_samples)

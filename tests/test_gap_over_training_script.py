@@ -43,5 +43,5 @@ def test_gap_over_training_quick_end_to_end(tmp_path):
 def test_checkpoint_epochs_end_at_the_last_epoch():
     assert gap_over_training.checkpoint_epochs(10, 4) == [4, 8, 10]
     assert gap_over_training.checkpoint_epochs(6, 3) == [3, 6]
-    with pytest.raises(ValueError, match="every must be >= 1"):
+    with pytest.raises(ValueError, match="GapOverTrainingConfig.every must be an integer >= 1"):
         dataclasses.replace(gap_over_training.GapOverTrainingConfig(), every=0).validate()
