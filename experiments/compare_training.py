@@ -20,12 +20,13 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from vi_jax import io, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import take_rows
 from vi_jax.vae import TRAINING_MODES, VAEConfig, build_vae, load_training_data, train_vae
@@ -40,6 +41,18 @@ class CompareConfig:
     modes: tuple[str, ...] = TRAINING_MODES
     n_eval: int = 200
     protocol: GapProtocol = GapProtocol(refine_steps=(0,))
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": count(0), "n_eval": count(1),
+        "modes": Rule(lambda v: isinstance(v, tuple) and len(v) > 0 and set(v) <= set(TRAINING_MODES),
+                      f"a non-empty tuple of modes from {TRAINING_MODES}")}
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option (before any work is done)."""
+        check_fields(self, self.RULES)
+        for mode in self.modes:
+            dataclasses.replace(self.vae, mode=mode).validate()
+        self.protocol.validate()
 
 
 QUICK = ["vae.num_epochs=10", "n_eval=20", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",
@@ -63,10 +76,8 @@ def markdown(result: dict) -> str:
 
 @rundir.staged
 def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
+    config.validate()
     log = print if progress else (lambda message: None)
-    for mode in config.modes:
-        dataclasses.replace(config.vae, mode=mode).validate()
-    config.protocol.validate()
     dataset, train, test = load_training_data(config.vae, data_dir)
     splits = {"train": train, "test": test}
     key = jax.random.PRNGKey(config.seed)

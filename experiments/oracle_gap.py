@@ -55,6 +55,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,7 @@ import numpy as np
 from scipy import stats
 
 from vi_jax import io, oracles, plotting, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax.config import Rule, apply_overrides, check_fields, count, real
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
@@ -89,6 +90,22 @@ class LinearOracleConfig:
     encoder_final_learning_rate: float = 1e-4
     restricted_visible: int = 12  # the restricted encoder sees x[:restricted_visible]
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "latent_dim": count(1), "data_dim": count(1), "num_points": count(1), "psi_low": real(0),
+        "psi_high": real(0), "encoder_epochs": count(1), "encoder_batch_size": count(1),
+        "encoder_learning_rate": real(0), "encoder_final_learning_rate": real(0), "restricted_visible": count(1)}
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option (before any work is done)."""
+        check_fields(self, self.RULES)
+        if self.psi_low > self.psi_high:
+            raise ValueError(f"need psi_low <= psi_high, got {self.psi_low}, {self.psi_high}")
+        if self.restricted_visible > self.data_dim:
+            raise ValueError(f"restricted_visible ({self.restricted_visible}) must be at most data_dim "
+                             f"({self.data_dim})")
+        if self.encoder_batch_size > self.num_points:  # else an epoch has no step
+            raise ValueError(f"encoder_batch_size ({self.encoder_batch_size}) exceeds num_points ({self.num_points})")
+
 
 @dataclasses.dataclass(frozen=True)
 class VAEOracleConfig:
@@ -99,6 +116,15 @@ class VAEOracleConfig:
     check_points: int = 301  # brute-force check grid: check_points^2 nodes on [-box, box]^2
     manifold_side: int = 15  # manifold.png shows manifold_side^2 decoder means
 
+    RULES: ClassVar[dict[str, Rule]] = {"num_points": count(1), "check_points": count(1),
+                                        "manifold_side": count(1)}
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option (before any work is done)."""
+        check_fields(self, self.RULES)
+        self.vae.validate()
+        self.quadrature.validate(self.vae.latent_dim)
+
 
 @dataclasses.dataclass(frozen=True)
 class OracleGapConfig:
@@ -107,6 +133,15 @@ class OracleGapConfig:
     vae: VAEOracleConfig = VAEOracleConfig()
     # refine_steps=(0,): the semi-amortized curve is not part of this comparison
     protocol: GapProtocol = GapProtocol(refine_steps=(0,))
+
+    RULES: ClassVar[dict[str, Rule]] = {"seed": count(0)}
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option (before any work is done)."""
+        check_fields(self, self.RULES)
+        self.linear.validate()
+        self.vae.validate()
+        self.protocol.validate()
 
 
 # --quick: fewer points and epochs, coarser grids (one shape for every per-datapoint grid, so
@@ -354,9 +389,7 @@ def _jsonable(obj):
 def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict:
     """Both oracles, the project's estimates, the files; returns the oracle.json dict."""
     log = print if progress else (lambda message: None)
-    config.protocol.validate()
-    config.vae.vae.validate()
-    config.vae.quadrature.validate(config.vae.vae.latent_dim)
+    config.validate()
     start = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)
     linear_sections, linear_info = run_linear(config, jax.random.fold_in(key, 0), log, workdir)

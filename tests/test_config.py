@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from vi_jax.config import apply_overrides
+from vi_jax.config import apply_overrides, check_fields
 from vi_jax.vae import VAEConfig
 
 
@@ -177,7 +177,22 @@ def _numeric(kind) -> bool:
     return kind in (int, float) or (typing.get_origin(kind) is tuple and typing.get_args(kind)[0] in (int, float))
 
 
-@pytest.mark.parametrize("cls", [LocalFitConfig, GapProtocol, AisConfig, GapConfig], ids=lambda c: c.__name__)
+from experiments.compare_training import CompareConfig  # noqa: E402
+from experiments.estimator_variance import EstimatorVarianceConfig  # noqa: E402
+from experiments.gap_over_training import GapOverTrainingConfig  # noqa: E402
+from experiments.local_fit_accuracy import LocalFitAccuracyConfig  # noqa: E402
+from experiments.marginal_likelihood import MarginalLikelihoodConfig  # noqa: E402
+from experiments.mixture_vi import MixtureConfig  # noqa: E402
+from experiments.oracle_gap import LinearOracleConfig, OracleGapConfig, VAEOracleConfig  # noqa: E402
+from vi_jax.cvae import CVAEConfig  # noqa: E402
+from vi_jax.vqvae import VQVAEConfig  # noqa: E402
+
+RULED_CONFIGS = [VAEConfig, LocalFitConfig, GapProtocol, AisConfig, GapConfig, CVAEConfig, VQVAEConfig, CompareConfig,
+                 EstimatorVarianceConfig, GapOverTrainingConfig, LocalFitAccuracyConfig, MarginalLikelihoodConfig,
+                 MixtureConfig, LinearOracleConfig, VAEOracleConfig, OracleGapConfig]
+
+
+@pytest.mark.parametrize("cls", RULED_CONFIGS, ids=lambda c: c.__name__)
 def test_every_numeric_field_has_a_rule(cls):
     """NaN, inf and out-of-range values are caught anywhere numeric: no int/float field lacks a rule,
     and every rule names a field."""
@@ -185,6 +200,72 @@ def test_every_numeric_field_has_a_rule(cls):
     fields = {f.name for f in dataclasses.fields(cls)}
     assert set(cls.RULES) <= fields
     assert {name for name in fields if _numeric(hints[name])} <= set(cls.RULES)
+    check_fields(cls(), cls.RULES)  # the defaults pass their own rules
+
+
+@pytest.mark.parametrize("cls,assignment,match", [
+    pytest.param(CVAEConfig, "num_classes=0", "CVAEConfig.num_classes must be an integer >= 1, got 0",
+                 id="cvae-zero-classes"),
+    pytest.param(CVAEConfig, "learning_rate=nan", "CVAEConfig.learning_rate must be a finite number > 0, got nan",
+                 id="cvae-nan-learning-rate"),
+    pytest.param(VQVAEConfig, "beta=-0.5", "VQVAEConfig.beta must be a finite number >= 0, got -0.5",
+                 id="vqvae-negative-beta"),
+    pytest.param(VQVAEConfig, "seed=-1", "VQVAEConfig.seed must be an integer >= 0, got -1", id="vqvae-negative-seed"),
+    pytest.param(CompareConfig, "n_eval=0", "CompareConfig.n_eval must be an integer >= 1, got 0",
+                 id="compare-zero-n-eval"),
+    pytest.param(CompareConfig, "modes=amortized,lazy", "CompareConfig.modes must be a non-empty tuple of modes from",
+                 id="compare-unknown-mode"),
+    pytest.param(EstimatorVarianceConfig, "num_samples=1,4", "EstimatorVarianceConfig.num_samples must be a non-empty "
+                 "tuple of integers >= 2 (the score function's baseline), got (1, 4)", id="variance-one-sample"),
+    pytest.param(EstimatorVarianceConfig, "repetitions=1", "EstimatorVarianceConfig.repetitions must be an integer "
+                 ">= 2, got 1", id="variance-one-repetition"),
+    pytest.param(GapOverTrainingConfig, "n_eval=1", "GapOverTrainingConfig.n_eval must be an integer >= 2, got 1",
+                 id="over-training-one-row"),
+    pytest.param(GapOverTrainingConfig, "flow_hidden=0", "GapOverTrainingConfig.flow_hidden must be an integer >= 1",
+                 id="over-training-flow-hidden"),
+    pytest.param(LocalFitAccuracyConfig, "encoder_visible=1.5", "LocalFitAccuracyConfig.encoder_visible must be a "
+                 "finite number in (0, 1]", id="local-fit-accuracy-visible"),
+    pytest.param(MarginalLikelihoodConfig, "scale=inf", "MarginalLikelihoodConfig.scale must be a finite number > 0, "
+                 "got inf", id="marginal-infinite-scale"),
+    pytest.param(MarginalLikelihoodConfig, "psi_low=2.0", "need psi_low <= psi_high, got 2.0, 1.0",
+                 id="marginal-psi-order"),
+    pytest.param(MixtureConfig, "estimator=reinforce", "MixtureConfig.estimator must be one of ('enumeration', "
+                 "'score_function'), got 'reinforce'", id="mixture-unknown-estimator"),
+    pytest.param(MixtureConfig, "refit_final_learning_rate=0", "MixtureConfig.refit_final_learning_rate must be a "
+                 "finite number > 0, got 0.0", id="mixture-zero-final-rate"),
+    pytest.param(OracleGapConfig, "linear.restricted_visible=17", "restricted_visible (17) must be at most data_dim "
+                 "(16)", id="oracle-restricted-visible"),
+    pytest.param(OracleGapConfig, "linear.encoder_final_learning_rate=nan", "LinearOracleConfig."
+                 "encoder_final_learning_rate must be a finite number > 0, got nan", id="oracle-nan-rate"),
+    pytest.param(OracleGapConfig, "vae.manifold_side=0", "VAEOracleConfig.manifold_side must be an integer >= 1",
+                 id="oracle-manifold-side"),
+    pytest.param(OracleGapConfig, "seed=-3", "OracleGapConfig.seed must be an integer >= 0, got -3",
+                 id="oracle-negative-seed"),
+])
+def test_bad_experiment_config_is_named(cls, assignment, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        apply_overrides(cls(), [assignment]).validate()
+
+
+def _trap(*args, **kwargs):
+    raise AssertionError("compute started before validation")
+
+
+def test_compare_training_validates_before_any_compute(monkeypatch, tmp_path):
+    from experiments import compare_training
+
+    monkeypatch.setattr(compare_training, "load_training_data", _trap)
+    with pytest.raises(ValueError, match=re.escape("CompareConfig.n_eval must be an integer >= 1, got -5")):
+        compare_training.run(apply_overrides(CompareConfig(), ["n_eval=-5"]), str(tmp_path), progress=False)
+
+
+def test_oracle_gap_validates_before_any_compute(monkeypatch, tmp_path):
+    from experiments import oracle_gap
+
+    monkeypatch.setattr(oracle_gap, "run_linear", _trap)
+    monkeypatch.setattr(oracle_gap, "run_vae", _trap)
+    with pytest.raises(ValueError, match=re.escape("LinearOracleConfig.num_points must be an integer >= 1, got 0")):
+        oracle_gap.run(apply_overrides(OracleGapConfig(), ["linear.num_points=0"]), str(tmp_path), progress=False)
 
 
 def test_named_local_fit_protocols_have_the_documented_settings():
