@@ -185,11 +185,12 @@ from experiments.marginal_likelihood import MarginalLikelihoodConfig  # noqa: E4
 from experiments.mixture_vi import MixtureConfig  # noqa: E402
 from experiments.oracle_gap import LinearOracleConfig, OracleGapConfig, VAEOracleConfig  # noqa: E402
 from vi_jax.cvae import CVAEConfig  # noqa: E402
+from vi_jax.oracles import QuadratureConfig  # noqa: E402
 from vi_jax.vqvae import VQVAEConfig  # noqa: E402
 
 RULED_CONFIGS = [VAEConfig, LocalFitConfig, GapProtocol, AisConfig, GapConfig, CVAEConfig, VQVAEConfig, CompareConfig,
                  EstimatorVarianceConfig, GapOverTrainingConfig, LocalFitAccuracyConfig, MarginalLikelihoodConfig,
-                 MixtureConfig, LinearOracleConfig, VAEOracleConfig, OracleGapConfig]
+                 MixtureConfig, LinearOracleConfig, VAEOracleConfig, OracleGapConfig, QuadratureConfig]
 
 
 @pytest.mark.parametrize("cls", RULED_CONFIGS, ids=lambda c: c.__name__)
@@ -239,6 +240,10 @@ def test_every_numeric_field_has_a_rule(cls):
                  "encoder_final_learning_rate must be a finite number > 0, got nan", id="oracle-nan-rate"),
     pytest.param(OracleGapConfig, "vae.manifold_side=0", "VAEOracleConfig.manifold_side must be an integer >= 1",
                  id="oracle-manifold-side"),
+    pytest.param(OracleGapConfig, "vae.quadrature.elbo_radius=nan", "QuadratureConfig.elbo_radius must be a finite "
+                 "number > 0, got nan", id="quadrature-nan-radius"),
+    pytest.param(OracleGapConfig, "vae.quadrature.points=41.5", "vae.quadrature.points: expected int, got '41.5'",
+                 id="quadrature-fractional-points"),
     pytest.param(OracleGapConfig, "seed=-3", "OracleGapConfig.seed must be an integer >= 0, got -3",
                  id="oracle-negative-seed"),
 ])

@@ -36,7 +36,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, ClassVar, NamedTuple, Optional, Sequence
 
 import distrax
 import flax.linen as nn
@@ -46,6 +46,7 @@ import numpy as np
 import optax
 from scipy import linalg
 
+from vi_jax.config import Rule, check_fields, count, real
 from vi_jax.families import VariationalFamily
 from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.models import LatentVariableModel
@@ -498,17 +499,19 @@ class QuadratureConfig:
     polish_rounds: int = 2
     batch_size: int = 50
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "box": real(0), "coarse_points": count(1), "excluded_mass": real(0, 1), "points": count(5),
+        "passes": count(1), "elbo_points": count(1), "elbo_radius": real(0), "fit_iterations": count(1),
+        "polish_points": count(1), "polish_iterations": count(1), "polish_rounds": count(1), "batch_size": count(1)}
+
     def validate(self, latent_dim: int) -> None:
         if latent_dim not in (1, 2):
             raise ValueError(f"quadrature needs a 1-D or 2-D latent, got latent_dim={latent_dim}")
-        if self.points % 2 == 0 or self.points < 5:
-            raise ValueError(f"points must be odd and >= 5, got {self.points}")
+        check_fields(self, self.RULES)
+        if self.points % 2 == 0:
+            raise ValueError(f"points must be odd, got {self.points}")
         if self.elbo_points % 2 == 0:
             raise ValueError(f"elbo_points must be odd, got {self.elbo_points}")
-        if (min(self.coarse_points, self.passes, self.elbo_points, self.fit_iterations,
-               self.polish_points, self.polish_iterations, self.polish_rounds, self.batch_size) < 1 \
-                or self.box <= 0 or not 0 < self.excluded_mass < 1):
-            raise ValueError(f"invalid quadrature config {self}")
 
 
 class Quadrature(NamedTuple):
