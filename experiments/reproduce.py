@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ import numpy as np
 from experiments import gap
 from experiments.train_vae import evaluate_and_save
 from vi_jax import artifacts, io, rundir
-from vi_jax.config import apply_overrides, from_dict
+from vi_jax.config import Rule, apply_overrides, check_fields, count, from_dict, real
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
@@ -66,12 +67,12 @@ class RunOptions:
     authors_points: int = 200
     gap_overrides: tuple[str, ...] = ()  # GapConfig overrides for the gap protocol (both runs)
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "epochs_scale": real(0, 1, high_closed=True), "num_train": count(0), "num_test": count(0),
+        "num_valid": count(0), "checkpoint_every": count(0), "gap_points": count(1), "authors_points": count(0)}
+
     def validate(self) -> None:
-        counts = {name: getattr(self, name)
-                  for name in ("num_train", "num_test", "num_valid", "gap_points", "authors_points")}
-        if any(count < 0 for count in counts.values()) or self.gap_points < 1:
-            raise ValueError(f"num_train, num_test, num_valid and authors_points must be >= 0 and gap_points >= 1, "
-                             f"got {counts}")
+        check_fields(self, self.RULES)
 
 
 def preset_config(name: str, options: RunOptions, overrides=()):

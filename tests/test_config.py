@@ -184,13 +184,14 @@ from experiments.local_fit_accuracy import LocalFitAccuracyConfig  # noqa: E402
 from experiments.marginal_likelihood import MarginalLikelihoodConfig  # noqa: E402
 from experiments.mixture_vi import MixtureConfig  # noqa: E402
 from experiments.oracle_gap import LinearOracleConfig, OracleGapConfig, VAEOracleConfig  # noqa: E402
+from experiments.reproduce import RunOptions  # noqa: E402
 from vi_jax.cvae import CVAEConfig  # noqa: E402
 from vi_jax.oracles import QuadratureConfig  # noqa: E402
 from vi_jax.vqvae import VQVAEConfig  # noqa: E402
 
 RULED_CONFIGS = [VAEConfig, LocalFitConfig, GapProtocol, AisConfig, GapConfig, CVAEConfig, VQVAEConfig, CompareConfig,
                  EstimatorVarianceConfig, GapOverTrainingConfig, LocalFitAccuracyConfig, MarginalLikelihoodConfig,
-                 MixtureConfig, LinearOracleConfig, VAEOracleConfig, OracleGapConfig, QuadratureConfig]
+                 MixtureConfig, LinearOracleConfig, VAEOracleConfig, OracleGapConfig, QuadratureConfig, RunOptions]
 
 
 @pytest.mark.parametrize("cls", RULED_CONFIGS, ids=lambda c: c.__name__)
@@ -246,6 +247,10 @@ def test_every_numeric_field_has_a_rule(cls):
                  id="quadrature-fractional-points"),
     pytest.param(OracleGapConfig, "seed=-3", "OracleGapConfig.seed must be an integer >= 0, got -3",
                  id="oracle-negative-seed"),
+    pytest.param(RunOptions, "epochs_scale=1.5", "RunOptions.epochs_scale must be a finite number in (0, 1], got 1.5",
+                 id="reproduce-epochs-scale"),
+    pytest.param(RunOptions, "authors_points=-1", "RunOptions.authors_points must be an integer >= 0, got -1",
+                 id="reproduce-negative-authors-points"),
 ])
 def test_bad_experiment_config_is_named(cls, assignment, match):
     with pytest.raises(ValueError, match=re.escape(match)):
