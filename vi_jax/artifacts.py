@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
-import json
 import os
 import shutil
 import tempfile
 from typing import Callable, NamedTuple, Optional
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io
+from vi_jax import io, rundir
 from vi_jax.config import from_dict
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr
 
@@ -51,22 +48,14 @@ class Check(NamedTuple):
     detail: str
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_json(path: str) -> dict:
+    """io.read_json, its errors as ArtifactError."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return io.read_json(path)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    except ValueError as err:
+        raise ArtifactError(str(err)) from None
 
 
 def compute_figure(directory: str, source: str) -> dict:
@@ -133,7 +122,7 @@ def _umask() -> int:
 
 def _write_manifest(directory: str) -> None:
     files = sorted(f for f in os.listdir(directory) if f != MANIFEST_FILE)
-    manifest = {f: {"bytes": os.path.getsize(os.path.join(directory, f)), "sha256": _sha256(os.path.join(directory, f))}
+    manifest = {f: {"bytes": os.path.getsize(os.path.join(directory, f)), "sha256": rundir.file_sha256(os.path.join(directory, f))}
                 for f in files}
     io.atomic_write_json(os.path.join(directory, MANIFEST_FILE), manifest)
 
@@ -148,7 +137,7 @@ def check_manifest(directory: str) -> None:
         path = os.path.join(directory, file_name)
         if file_name not in present:
             raise ArtifactError(f"{path}: missing")
-        if os.path.getsize(path) != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if os.path.getsize(path) != expected["bytes"] or rundir.file_sha256(path) != expected["sha256"]:
             raise ArtifactError(f"{path}: damaged (size or sha256 differs from {MANIFEST_FILE})")
 
 
@@ -166,9 +155,10 @@ def load(directory: str) -> tuple[dict, VAEConfig, object, dict]:
     template = vae.algorithm.init(jax.random.PRNGKey(0), jnp.zeros(info["data_dim"])).params
     path = os.path.join(directory, PARAMS_FILE)
     try:
-        params = flax.serialization.from_bytes(template, gzip.decompress(open(path, "rb").read()))
-    except (OSError, EOFError, ValueError, KeyError) as err:
-        raise ArtifactError(f"{path}: not the parameters of the network its config describes ({err})") from None
+        with open(path, "rb") as f:
+            params = io.params_from_bytes(io.gunzip(f.read(), path), template, path)
+    except ValueError as err:
+        raise ArtifactError(str(err)) from None
     return info, config, vae, params
 
 

@@ -83,7 +83,11 @@ def read_params(path: str, template: Any) -> Any:
     parse or when its arrays differ from the template's structure or shapes (from_bytes alone
     accepts any shapes, and the model then fails later inside flax)."""
     with open(path, "rb") as f:
-        raw = f.read()
+        return params_from_bytes(f.read(), template, path)
+
+
+def params_from_bytes(raw: bytes, template: Any, path: str) -> Any:
+    """read_params' check on bytes already read (e.g. decompressed) from file `path`."""
     try:
         params = flax.serialization.from_bytes(template, raw)
     except Exception as err:  # msgpack raises several unrelated types for damaged bytes
