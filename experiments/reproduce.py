@@ -281,7 +281,7 @@ def publish(workdir: str, dest: str) -> dict:
 def verify(directory: str, *, data_dir: str | None, fresh_points: int, fresh_seed: int) -> bool:
     """Print a PASS/FAIL line per check of the artifact (vi_jax.artifacts.verify); True if all pass."""
     def expected_config(info):
-        options = RunOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["run_options"].items()})
+        options = from_dict(RunOptions, info["run_options"])
         return preset_config(info["preset"], options, info["overrides"])
 
     checks = artifacts.verify(directory, data_dir=data_dir, fresh_points=fresh_points, fresh_seed=fresh_seed,
