@@ -18,8 +18,6 @@ near uniform), with equality when the image determines its label: the measured g
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import time
 
@@ -27,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax import data, io, plotting, rundir
 from vi_jax.cvae import CVAEConfig, build_cvae, generate, make_evaluator, one_hot_labels, train_cvae
 from vi_jax.vae import mean_and_stderr
+
+from ._common import FieldFlag, command, header
 
 QUICK = ["latent_dim=2", "encoder_hidden=16", "decoder_hidden=16", "prior_hidden=8", "num_epochs=2",
          "batch_size=100", "eval_elbo_samples=5", "final_iwae_samples=20", "samples_per_class=4"]
@@ -70,9 +69,7 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
         "data_dim": int(dataset.dim),
         "n_train": int(len(train)),
         "n_test": int(len(test)),
-        "seed": config.seed,
-        "config": dataclasses.asdict(config),
-        "environment": provenance.environment(),
+        **header(config),
         "wall_seconds": {"train": round(result.seconds, 2), "evaluate": round(eval_seconds, 2)},
         "history": result.history,
     }
@@ -86,29 +83,15 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     return metrics
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/cvae", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS} that has labels")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override any CVAEConfig field, e.g. --set latent_dim=4 --set encoder_hidden=64,64")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.dataset is not None:
-        overrides.append(f"dataset={args.dataset}")
-    config = apply_overrides(CVAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
+def summary(metrics: dict) -> str:
     k = metrics["test_iwae"]["k"]
-    print(f"test ELBO(x|c)     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats")
-    print(f"test IWAE_{k}(x|c) {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats")
-    print(f"wrote {args.workdir}/metrics.json ({metrics['wall_seconds']})")
+    return "\n".join([f"test ELBO(x|c)     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats",
+                      f"test IWAE_{k}(x|c) {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats"])
+
+
+main = command(__doc__, run, CVAEConfig, workdir="runs/cvae", writes="metrics.json", quick=QUICK,
+               flags=[FieldFlag("--dataset", "dataset", f"one of {data.DATASETS} that has labels")], data_dir=True,
+               report=summary, example="--set latent_dim=4 --set encoder_hidden=64,64")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ it is all but exact and AIS from it keeps that accuracy.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -50,12 +49,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, oracles, plotting, provenance, rundir
+from vi_jax import io, oracles, plotting, rundir
 from vi_jax.ais import AisConfig, make_ais, prior_monte_carlo
-from vi_jax.config import Rule, apply_overrides, check_fields, count, counts, real
+from vi_jax.config import Rule, check_fields, count, counts, real
 from vi_jax.elbo import make_iwae, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import tile_rows
+
+from ._common import command, header
 
 METHODS = ("naive", "iwae_qstar", "ais_prior", "ais_qstar")
 
@@ -220,8 +221,7 @@ def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True
                         "chi2_q_star_mean": float(np.mean(arrays["chi2_posterior_to_q_star"])),
                         "methods": summarize(arrays), "seconds": seconds}
         npz |= {f"d{d}/{name}": np.asarray(value) for name, value in arrays.items()}
-    result = {"dims": dims, "likelihood_evaluations": config.ais.likelihood_evaluations(), "seed": config.seed,
-              "config": dataclasses.asdict(config), "environment": provenance.environment(),
+    result = {"dims": dims, "likelihood_evaluations": config.ais.likelihood_evaluations(), **header(config),
               "wall_seconds": {"total": round(time.perf_counter() - start, 2)}}
     os.makedirs(workdir, exist_ok=True)
     io.atomic_save_npz(os.path.join(workdir, "marginal_likelihood.npz"), **npz)
@@ -231,23 +231,9 @@ def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True
     return result
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/marginal_likelihood", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. --set latent_dims=2,5 --set ais.num_steps=500")
-    parser.add_argument("--no-progress", action="store_true", help="print only the table")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    config = apply_overrides(MarginalLikelihoodConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/marginal_likelihood.json; wall seconds: {result['wall_seconds']['total']}")
+main = command(__doc__, run, MarginalLikelihoodConfig, workdir="runs/marginal_likelihood",
+               writes="marginal_likelihood.json", quick=QUICK, report=markdown,
+               example="--set latent_dims=2,5 --set ais.num_steps=500")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ moves that much from the amortization to the approximation gap.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -62,11 +61,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vi_jax import io, oracles, plotting, provenance, rundir
-from vi_jax.config import Rule, apply_overrides, check_fields, count, real
+from vi_jax import io, oracles, plotting, rundir
+from vi_jax.config import Rule, check_fields, count, real
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
+
+from ._common import command, header, subset
 
 QUANTITIES = (
     ("log_px", "log p(x)"),
@@ -240,10 +241,6 @@ def run_linear(config: OracleGapConfig, key, log, workdir: str) -> tuple[dict, d
     return sections, {"seconds": seconds, "npz": npz}
 
 
-def seeded_subset(key, n_rows: int, n: int) -> np.ndarray:
-    return np.sort(np.asarray(jax.random.permutation(key, n_rows))[:n])
-
-
 def run_vae(config: OracleGapConfig, key, log, progress: bool, workdir: str) -> tuple[dict, dict]:
     c = config.vae
     vae_config = c.vae
@@ -255,8 +252,7 @@ def run_vae(config: OracleGapConfig, key, log, progress: bool, workdir: str) -> 
     params = train_vae(vae, vae_config, train, progress=progress,
                        metrics=rundir.live_path(workdir, "metrics_vae.jsonl")).state.params
     seconds["train"] = time.perf_counter() - start
-    rows = seeded_subset(jax.random.fold_in(key, 0), len(test), c.num_points)
-    x = np.asarray(test[rows])
+    rows, x = subset(jax.random.fold_in(key, 0), test, c.num_points)
     theta = params["decoder"]
     q_phi = vae.encode(params["encoder"], jnp.asarray(x))
 
@@ -375,16 +371,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _jsonable(obj):
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    return obj
-
-
 @rundir.staged
 def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict:
     """Both oracles, the project's estimates, the files; returns the oracle.json dict."""
@@ -403,31 +389,15 @@ def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict
     posteriors_figure(vae_info, os.path.join(workdir, "posteriors.png"))
     io.atomic_save_npz(os.path.join(workdir, "oracle.npz"), **linear_info["npz"], **vae_info["npz"])
     seconds["total"] = round(time.perf_counter() - start, 2)
-    result = {"models": linear_sections | vae_sections, "seed": config.seed, "config": _jsonable(config),
-              "environment": provenance.environment(), "wall_seconds": seconds}
+    result = {"models": linear_sections | vae_sections, **header(config), "wall_seconds": seconds}
     io.atomic_write_text(os.path.join(workdir, "oracle.md"), markdown(result))
     io.atomic_write_json(os.path.join(workdir, "oracle.json"), result)
     return result
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/oracle", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration (about 20 s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override an OracleGapConfig field, e.g. --set linear.num_points=500 "
-                             "--set vae.vae.num_epochs=50 --set protocol.iwae_samples=1000")
-    parser.add_argument("--no-progress", action="store_true", help="print only the table")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides += [f"seed={args.seed}", f"vae.vae.seed={args.seed}"]
-    config = apply_overrides(OracleGapConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/oracle.json")
+main = command(__doc__, run, OracleGapConfig, workdir="runs/oracle", writes="oracle.json", quick=QUICK,
+               seed=("seed", "vae.vae.seed"), report=markdown,
+               example="--set linear.num_points=500 --set vae.vae.num_epochs=50 --set protocol.iwae_samples=1000")
 
 
 if __name__ == "__main__":

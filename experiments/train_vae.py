@@ -15,8 +15,6 @@ nats, in about 20 s on 2 CPU cores.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import time
 
@@ -25,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance, rundir, visualize
-from vi_jax.config import apply_overrides
+from vi_jax import data, io, plotting, rundir, visualize
 from vi_jax.vae import (VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr,
                         train_vae)
+
+from ._common import RESUME, FieldFlag, RunFlags, command, header
 
 INTERPOLATION_STEPS = 10
 MANIFOLD_SIDE = 15
@@ -105,9 +104,7 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
         "data_dim": int(dataset.dim),
         "n_train": int(len(train)),
         "n_test": int(len(test)),
-        "seed": config.seed,
-        "config": dataclasses.asdict(config),
-        "environment": provenance.environment(),
+        **header(config),
         "wall_seconds": {"train": round(result.seconds, 2), "train_timed_from_epoch": result.timed_from_epoch,
                          "evaluate": round(eval_seconds, 2)},
         "history": result.history,
@@ -120,37 +117,28 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
     return metrics
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/train_vae", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS}")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override any VAEConfig field, e.g. --set latent_dim=4 --set encoder_hidden=64,64")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the workdir")
-    parser.add_argument("--fallback-to-intact", action="store_true",
-                        help="with --resume: if the newest checkpoint is damaged, continue from an older intact one")
+def summary(metrics: dict) -> str:
+    k = metrics["test_iwae"]["k"]
+    return "\n".join([f"test ELBO     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats",
+                      f"test IWAE_{k} {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats",
+                      f"train ELBO    {metrics['train_elbo']['mean']:.3f} ± {metrics['train_elbo']['stderr']:.3f} nats"])
+
+
+def _add_distributed(parser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (one process per host)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    if args.distributed:
+
+
+def _join_hosts(args) -> dict:
+    if args.distributed:  # before run() touches a device
         jax.distributed.initialize()
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.dataset is not None:
-        overrides.append(f"dataset={args.dataset}")
-    config = apply_overrides(VAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
-                  resume_fallback=args.fallback_to_intact, **rundir.arguments(args))
-    k = metrics["test_iwae"]["k"]
-    print(f"test ELBO     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats")
-    print(f"test IWAE_{k} {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats")
-    print(f"train ELBO    {metrics['train_elbo']['mean']:.3f} ± {metrics['train_elbo']['stderr']:.3f} nats")
-    print(f"wrote {args.workdir}/metrics.json ({metrics['wall_seconds']})")
+    return {}
+
+
+main = command(__doc__, run, VAEConfig, workdir="runs/train_vae", writes="metrics.json",
+               flags=[FieldFlag("--dataset", "dataset", f"one of {data.DATASETS}")], data_dir=True,
+               extra=[RESUME, RunFlags(_add_distributed, _join_hosts)], report=summary,
+               example="--set latent_dim=4 --set encoder_hidden=64,64")
 
 
 if __name__ == "__main__":
