@@ -29,7 +29,7 @@ from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import take_rows
 from vi_jax.vae import TRAINING_MODES, VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import command, header, subset
+from ._common import Cli, header, subset, write_report
 
 COLUMNS = ("log_px", "elbo_local_ffg", "approximation_gap_ffg", "elbo_amortized", "amortization_gap_ffg")
 
@@ -58,6 +58,9 @@ class CompareConfig:
 QUICK = ["vae.num_epochs=10", "n_eval=20", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3",
          "protocol.elbo_samples=100", "protocol.iwae_samples=200"]
+
+CLI = Cli(__doc__, CompareConfig, workdir="runs/compare", writes="compare.json", quick=QUICK,
+          seed=("seed", "vae.seed"), data_dir=True, example="--set vae.num_epochs=50 --set modes=amortized")
 
 
 def markdown(result: dict) -> str:
@@ -111,17 +114,12 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
                                                       **summarize(per_point), "local_fits": info["local_fits"]}
             arrays[f"{mode}_{split}"] = per_point
     result.update(header(config))
-    os.makedirs(workdir, exist_ok=True)
     for name, a in arrays.items():
         io.atomic_save_npz(os.path.join(workdir, f"compare_{name}.npz"), **a)
-    io.atomic_write_text(os.path.join(workdir, "compare.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "compare.json"), result)
-    return result
+    return write_report(workdir, "compare", result, markdown(result))
 
 
-main = command(__doc__, run, CompareConfig, workdir="runs/compare", writes="compare.json", quick=QUICK,
-               seed=("seed", "vae.seed"), data_dir=True, report=markdown,
-               example="--set vae.num_epochs=50 --set modes=amortized")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -62,13 +62,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from vi_jax import io, oracles, plotting, rundir
+from vi_jax import oracles, plotting, rundir
 from vi_jax.config import Rule, check_fields, count, counts
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, make_elbo, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
-from ._common import FieldFlag, command, header
+from ._common import Cli, FieldFlag, header, save_figure, write_report
 
 REFERENCE = "reparam/analytic"
 
@@ -107,6 +107,12 @@ class EstimatorVarianceConfig:
 
 QUICK = ["num_samples=2,8", "repetitions=200", "num_points=4", "vae.num_epochs=5", "vae.encoder_hidden=32",
          "vae.decoder_hidden=32"]
+
+CLI = Cli(__doc__, EstimatorVarianceConfig, workdir="runs/estimator_variance", writes="estimator_variance.json",
+          quick=QUICK, seed=("seed", "vae.seed"),
+          flags=[FieldFlag("--vae", "include_vae", "also train a digits VAE (config.vae) and measure it", value="true"),
+                 FieldFlag("--checkpoint", "checkpoint", "measure this train_vae workdir's VAE instead")],
+          example="--set repetitions=2000 --set num_samples=2,16 --set vae.num_epochs=50")
 
 
 def gradient_sampler(model, family, estimator: str, kl: str, num_samples: int, batch_size: int):
@@ -233,8 +239,7 @@ def variance_figure(result: dict, path: str) -> None:
     axes[0][0].set_ylabel("tr Cov(gradient) per datapoint")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("ELBO gradient variance w.r.t. q's parameters (error bars: 2 SE)")
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(result: dict) -> str:
@@ -280,18 +285,11 @@ def run(config: EstimatorVarianceConfig, workdir: str, *, progress: bool = True)
         seconds |= vae_seconds
     seconds["total"] = round(time.perf_counter() - start, 2)
     result = {"settings": settings, **header(config), "wall_seconds": seconds}
-    os.makedirs(workdir, exist_ok=True)
     variance_figure(result, os.path.join(workdir, "variance_vs_samples.png"))
-    io.atomic_write_text(os.path.join(workdir, "estimator_variance.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "estimator_variance.json"), result)
-    return result
+    return write_report(workdir, "estimator_variance", result, markdown(result))
 
 
-main = command(__doc__, run, EstimatorVarianceConfig, workdir="runs/estimator_variance", writes="estimator_variance.json",
-               quick=QUICK, seed=("seed", "vae.seed"), report=markdown,
-               flags=[FieldFlag("--vae", "include_vae", "also train a digits VAE (config.vae) and measure it", value="true"),
-                      FieldFlag("--checkpoint", "checkpoint", "measure this train_vae workdir's VAE instead")],
-               example="--set repetitions=2000 --set num_samples=2,16 --set vae.num_epochs=50")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
-from ._common import ROW_CHOICES, FieldFlag, command, subset
+from ._common import ROW_CHOICES, Cli, FieldFlag, subset
 
 SPLITS = ("train", "test")
 QUANTITIES = ("log_px", "log_px_iwae", "elbo_amortized", "elbo_local_ffg", "elbo_local_flow",
@@ -99,6 +99,10 @@ class GapConfig:
 QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=100",
          "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
+
+CLI = Cli(__doc__, GapConfig, workdir="runs/gap", writes="gap.json", quick=QUICK, seed=("seed", "vae.seed"),
+          flags=[FieldFlag("--checkpoint", "checkpoint", "a train_vae workdir whose VAE to evaluate")], data_dir=True,
+          example="--set n_eval=100 --set vae.latent_dim=4 --set protocol.local_fit.learning_rate=1e-2")
 
 
 def choose_rows(config: GapConfig, dataset, splits: dict) -> dict:
@@ -251,10 +255,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     return result
 
 
-main = command(__doc__, run, GapConfig, workdir="runs/gap", writes="gap.json", quick=QUICK, seed=("seed", "vae.seed"),
-               flags=[FieldFlag("--checkpoint", "checkpoint", "a train_vae workdir whose VAE to evaluate")],
-               data_dir=True, report=markdown,
-               example="--set n_eval=100 --set vae.latent_dim=4 --set protocol.local_fit.learning_rate=1e-2")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, plotting, rundir
+from vi_jax import plotting, rundir
 from vi_jax.config import Rule, check_fields, count
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import command, header, subset
+from ._common import Cli, header, save_figure, subset, write_report
 
 SPLITS = ("train", "test")
 GAPS = {"inference_gap": "inference", "approximation_gap_ffg": "approximation (FFG)",
@@ -82,6 +82,10 @@ class GapOverTrainingConfig:
 
 QUICK = ["vae.num_epochs=4", "every=2", "vae.encoder_hidden=32", "vae.decoder_hidden=32", "n_eval=10",
          "protocol.local_fit.max_steps=200", "protocol.elbo_samples=20", "protocol.iwae_samples=100"]
+
+CLI = Cli(__doc__, GapOverTrainingConfig, workdir="runs/gap_over_training", writes="gap_over_training.json",
+          quick=QUICK, seed=("seed", "vae.seed"), data_dir=True,
+          example="--set every=10 --set vae.latent_dim=4 --set protocol.iwae_samples=5000")
 
 
 def checkpoint_epochs(num_epochs: int, every: int) -> list[int]:
@@ -153,19 +157,13 @@ def run(config: GapOverTrainingConfig, workdir: str, *, data_dir: str | None = N
                "total": round(time.perf_counter() - start, 2)}
     out = {"epochs": epochs, "gaps": list(gaps), "splits": splits, "local_fits": fits, "history": history,
            **header(config), "wall_seconds": seconds}
-    os.makedirs(workdir, exist_ok=True)
     fig = plotting.gap_curves(epochs, {name: splits[name] for name in SPLITS}, gaps,
                               f"gaps over training ({config.vae.dataset}, {config.n_eval} datapoints per split)")
-    io.atomic_save_figure(fig, os.path.join(workdir, "gap_over_training.png"))
-    plotting.close(fig)
-    io.atomic_write_text(os.path.join(workdir, "gap_over_training.md"), markdown(out))
-    io.atomic_write_json(os.path.join(workdir, "gap_over_training.json"), out)
-    return out
+    save_figure(fig, os.path.join(workdir, "gap_over_training.png"))
+    return write_report(workdir, "gap_over_training", out, markdown(out))
 
 
-main = command(__doc__, run, GapOverTrainingConfig, workdir="runs/gap_over_training", writes="gap_over_training.json",
-               quick=QUICK, seed=("seed", "vae.seed"), data_dir=True, report=markdown,
-               example="--set every=10 --set vae.latent_dim=4 --set protocol.iwae_samples=5000")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

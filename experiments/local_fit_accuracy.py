@@ -43,13 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, oracles, plotting
+from vi_jax import oracles, plotting
 from vi_jax.config import Rule, check_fields, count, counts, real
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import LOCAL_FIT_PROTOCOLS, LocalFitConfig, make_local_fit, tile_rows
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import command, header, subset
+from ._common import Cli, header, save_figure, subset, write_report
 
 STARTS = ("encoder", "prior")
 # Candidates for a fit that reaches q* fast (issue 17 item 2), measured beside the named
@@ -104,6 +104,9 @@ QUICK = ["linear_latent_dims=4", "linear_data_dims=16", "linear_rows=5", "encode
          "vae.num_epochs=5", "vae.encoder_hidden=32", "vae.decoder_hidden=32", "vae_rows=4", "max_steps=2000",
          "quadrature.coarse_points=61", "quadrature.points=41", "quadrature.elbo_points=41",
          "quadrature.polish_points=41", "quadrature.fit_iterations=6"]
+
+CLI = Cli(__doc__, LocalFitAccuracyConfig, workdir="runs/local_fit_accuracy", writes="local_fit_accuracy.json",
+          quick=QUICK, seed=("seed", "vae.seed"), staged=False, example="--set protocols=reference,accurate")
 
 
 def protocols(config: LocalFitAccuracyConfig) -> dict[str, tuple[LocalFitConfig, str]]:
@@ -242,8 +245,7 @@ def figure(result: dict, path: str) -> None:
         ax.set_ylabel("max shortfall over rows (nats)")
         ax.set_title(problem, fontsize=9)
     axes[0][0].legend(fontsize=7)
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def run(config: LocalFitAccuracyConfig, workdir: str, *, progress: bool = True) -> dict:
@@ -268,14 +270,10 @@ def run(config: LocalFitAccuracyConfig, workdir: str, *, progress: bool = True) 
               "problems": problems, **header(config), "wall_seconds": seconds}
     os.makedirs(workdir, exist_ok=True)
     figure(result, os.path.join(workdir, "local_fit_accuracy.png"))
-    io.atomic_write_text(os.path.join(workdir, "local_fit_accuracy.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "local_fit_accuracy.json"), result)
-    return result
+    return write_report(workdir, "local_fit_accuracy", result, markdown(result))
 
 
-main = command(__doc__, run, LocalFitAccuracyConfig, workdir="runs/local_fit_accuracy", writes="local_fit_accuracy.json",
-               quick=QUICK, seed=("seed", "vae.seed"), staged=False, report=markdown,
-               example="--set protocols=reference,accurate")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from vi_jax.elbo import make_iwae, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import tile_rows
 
-from ._common import command, header
+from ._common import Cli, header, save_figure, write_report
 
 METHODS = ("naive", "iwae_qstar", "ais_prior", "ais_qstar")
 
@@ -87,6 +87,9 @@ class MarginalLikelihoodConfig:
 
 
 QUICK = ["latent_dims=2,10", "num_points=5", "ais.num_chains=8", "ais.num_steps=30"]
+
+CLI = Cli(__doc__, MarginalLikelihoodConfig, workdir="runs/marginal_likelihood", writes="marginal_likelihood.json",
+          quick=QUICK, example="--set latent_dims=2,5 --set ais.num_steps=500")
 
 
 def oracle_model(key, latent_dim: int, config: MarginalLikelihoodConfig = MarginalLikelihoodConfig()) -> dict:
@@ -203,8 +206,7 @@ def figure(result: dict, path: str) -> None:
     ax.set_ylabel("mean |estimate - exact log p(x)| (nats)")
     ax.set_title(f"{result['likelihood_evaluations']} evaluations of log p(x, z) per datapoint")
     ax.legend()
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 @rundir.staged
@@ -223,17 +225,12 @@ def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True
         npz |= {f"d{d}/{name}": np.asarray(value) for name, value in arrays.items()}
     result = {"dims": dims, "likelihood_evaluations": config.ais.likelihood_evaluations(), **header(config),
               "wall_seconds": {"total": round(time.perf_counter() - start, 2)}}
-    os.makedirs(workdir, exist_ok=True)
     io.atomic_save_npz(os.path.join(workdir, "marginal_likelihood.npz"), **npz)
     figure(result, os.path.join(workdir, "error_vs_dim.png"))
-    io.atomic_write_text(os.path.join(workdir, "marginal_likelihood.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "marginal_likelihood.json"), result)
-    return result
+    return write_report(workdir, "marginal_likelihood", result, markdown(result))
 
 
-main = command(__doc__, run, MarginalLikelihoodConfig, workdir="runs/marginal_likelihood",
-               writes="marginal_likelihood.json", quick=QUICK, report=markdown,
-               example="--set latent_dims=2,5 --set ais.num_steps=500")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

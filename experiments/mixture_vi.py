@@ -43,7 +43,7 @@ from vi_jax.mixture_model import (ESTIMATORS, GaussianMixture, amortized_mixture
 from vi_jax.train import make_epoch
 from vi_jax.vae import mean_and_stderr
 
-from ._common import command, header
+from ._common import Cli, header
 
 METHODS = ("amortized", "local")
 
@@ -84,6 +84,9 @@ class MixtureConfig:
 
 
 QUICK = ["num_train=100", "num_test=100", "num_epochs=20", "refit_steps=200"]
+
+CLI = Cli(__doc__, MixtureConfig, workdir="runs/mixture_vi", writes="metrics.json", quick=QUICK, progress=False,
+          example=f"--set estimator={ESTIMATORS[1]}")
 
 
 def row_optimizer_for(config: MixtureConfig) -> optax.GradientTransformation:
@@ -169,8 +172,7 @@ def summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-main = command(__doc__, run, MixtureConfig, workdir="runs/mixture_vi", writes="metrics.json", quick=QUICK,
-               progress=False, report=summary, example=f"--set estimator={ESTIMATORS[1]}")
+main = CLI.main(run, report=summary)
 
 
 if __name__ == "__main__":

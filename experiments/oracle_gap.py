@@ -67,7 +67,7 @@ from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import command, header, subset
+from ._common import Cli, header, save_figure, subset, write_report
 
 QUANTITIES = (
     ("log_px", "log p(x)"),
@@ -153,6 +153,10 @@ QUICK = ["linear.num_points=100", "linear.encoder_batch_size=10", "linear.encode
          "vae.quadrature.polish_points=41", "vae.quadrature.fit_iterations=6",
          "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5", "protocol.local_fit.max_steps=2000",
          "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=200", "protocol.iwae_samples=500"]
+
+CLI = Cli(__doc__, OracleGapConfig, workdir="runs/oracle", writes="oracle.json", quick=QUICK,
+          seed=("seed", "vae.vae.seed"),
+          example="--set linear.num_points=500 --set vae.vae.num_epochs=50 --set protocol.iwae_samples=1000")
 
 
 def compare(exact: dict, estimate: dict) -> dict:
@@ -312,8 +316,7 @@ def manifold_figure(vae, params, side: int, image_shape, path: str) -> None:
     means = jax.vmap(vae.model.mean, in_axes=(None, 0))(params["decoder"], jnp.asarray(z, jnp.float32))
     fig = plotting.image_grid(np.asarray(means), image_shape, side,
                               "E[x | z] on a grid of z at prior quantiles 0.05 ... 0.95")
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def posteriors_figure(extra: dict, path: str, count: int = 6) -> None:
@@ -338,8 +341,7 @@ def posteriors_figure(extra: dict, path: str, count: int = 6) -> None:
         img_ax.axis("off")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("exact posteriors p(z|x) (contours) with 2-sigma ellipses of q_phi and q*_FFG")
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(result: dict) -> str:
@@ -383,21 +385,16 @@ def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict
     seconds = {f"linear_gaussian/{k}": round(v, 2) for k, v in linear_info["seconds"].items()}
     seconds |= {f"vae/{k}": round(v, 2) for k, v in vae_info["seconds"].items()}
 
-    os.makedirs(workdir, exist_ok=True)
     manifold_figure(vae_info["vae"], vae_info["params"], config.vae.manifold_side, vae_info["image_shape"],
                     os.path.join(workdir, "manifold.png"))
     posteriors_figure(vae_info, os.path.join(workdir, "posteriors.png"))
     io.atomic_save_npz(os.path.join(workdir, "oracle.npz"), **linear_info["npz"], **vae_info["npz"])
     seconds["total"] = round(time.perf_counter() - start, 2)
     result = {"models": linear_sections | vae_sections, **header(config), "wall_seconds": seconds}
-    io.atomic_write_text(os.path.join(workdir, "oracle.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "oracle.json"), result)
-    return result
+    return write_report(workdir, "oracle", result, markdown(result))
 
 
-main = command(__doc__, run, OracleGapConfig, workdir="runs/oracle", writes="oracle.json", quick=QUICK,
-               seed=("seed", "vae.vae.seed"), report=markdown,
-               example="--set linear.num_points=500 --set vae.vae.num_epochs=50 --set protocol.iwae_samples=1000")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, rundir, visualize
-from vi_jax.vae import (VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr,
-                        train_vae)
+from vi_jax import io, plotting, rundir, visualize
+from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator, train_vae
 
-from ._common import RESUME, FieldFlag, RunFlags, command, header
+from ._common import DATASET, RESUME, Cli, RunFlags, data_sizes, elbo_metrics, header, save_figure
 
 INTERPOLATION_STEPS = 10
 MANIFOLD_SIDE = 15
+
+
+def _add_distributed(parser) -> None:
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (one process per host)")
+
+
+def _join_hosts(args) -> dict:
+    if args.distributed:  # before run() touches a device
+        jax.distributed.initialize()
+    return {}
+
+
+CLI = Cli(__doc__, VAEConfig, workdir="runs/train_vae", writes="metrics.json",
+          flags=[DATASET], data_dir=True,
+          extra=[RESUME, RunFlags(_add_distributed, _join_hosts)],
+          example="--set latent_dim=4 --set encoder_hidden=64,64")
 
 
 def save_pictures(vae, params, test: np.ndarray, image_shape, key, history: list, workdir: str) -> None:
@@ -39,8 +55,7 @@ def save_pictures(vae, params, test: np.ndarray, image_shape, key, history: list
     the encoder means of test images 0-1, 2-3, 4-5, 6-7), elbo_curve.png (the training history)
     and, for a 2-D latent, manifold.png (E[x | z] on a grid of prior quantiles)."""
     def save(fig, name):
-        io.atomic_save_figure(fig, os.path.join(workdir, name))
-        plotting.close(fig)
+        save_figure(fig, os.path.join(workdir, name))
 
     originals = test[:16]
     recon = visualize.reconstructions(vae, params, originals)
@@ -97,19 +112,13 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
     eval_seconds = time.perf_counter() - start
 
     metrics = {
-        "test_elbo": mean_and_stderr(test_elbo),
-        "test_iwae": {**mean_and_stderr(test_iwae.bound), "k": config.final_iwae_samples,
-                      "mean_mc_stderr_per_datapoint": float(jnp.mean(test_iwae.stderr))},
-        "train_elbo": mean_and_stderr(train_elbo),
-        "data_dim": int(dataset.dim),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
+        **elbo_metrics(test_elbo, train_elbo, test_iwae, config.final_iwae_samples),
+        **data_sizes(dataset, train, test),
         **header(config),
         "wall_seconds": {"train": round(result.seconds, 2), "train_timed_from_epoch": result.timed_from_epoch,
                          "evaluate": round(eval_seconds, 2)},
         "history": result.history,
     }
-    os.makedirs(workdir, exist_ok=True)
     save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
     io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
     io.atomic_save_npz(os.path.join(workdir, "evaluation.npz"), test_elbo=test_elbo, train_elbo=train_elbo,
@@ -118,27 +127,12 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
 
 
 def summary(metrics: dict) -> str:
-    k = metrics["test_iwae"]["k"]
-    return "\n".join([f"test ELBO     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats",
-                      f"test IWAE_{k} {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats",
-                      f"train ELBO    {metrics['train_elbo']['mean']:.3f} ± {metrics['train_elbo']['stderr']:.3f} nats"])
+    rows = [("test ELBO    ", metrics["test_elbo"]), (f"test IWAE_{metrics['test_iwae']['k']}", metrics["test_iwae"]),
+            ("train ELBO   ", metrics["train_elbo"])]
+    return "\n".join(f"{label} {m['mean']:.3f} ± {m['stderr']:.3f} nats" for label, m in rows)
 
 
-def _add_distributed(parser) -> None:
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (one process per host)")
-
-
-def _join_hosts(args) -> dict:
-    if args.distributed:  # before run() touches a device
-        jax.distributed.initialize()
-    return {}
-
-
-main = command(__doc__, run, VAEConfig, workdir="runs/train_vae", writes="metrics.json",
-               flags=[FieldFlag("--dataset", "dataset", f"one of {data.DATASETS}")], data_dir=True,
-               extra=[RESUME, RunFlags(_add_distributed, _join_hosts)], report=summary,
-               example="--set latent_dim=4 --set encoder_hidden=64,64")
+main = CLI.main(run, report=summary)
 
 
 if __name__ == "__main__":

@@ -20,22 +20,24 @@ import time
 
 import numpy as np
 
-from vi_jax import data, io, plotting, rundir
+from vi_jax import io, plotting, rundir
 from vi_jax.vae import mean_and_stderr
 from vi_jax.vqvae import VQVAEConfig, build_vqvae, codebook_usage, evaluate, reconstruct, train_vqvae
 
-from ._common import FieldFlag, command, header
+from ._common import DATASET, Cli, data_sizes, header, load_splits, save_figure
 
 QUICK = ["num_epochs=5", "encoder_hidden=32", "decoder_hidden=32"]
+
+CLI = Cli(__doc__, VQVAEConfig, workdir="runs/vqvae", writes="metrics.json", quick=QUICK,
+          flags=[DATASET], data_dir=True,
+          example="--set codebook_size=64 --set num_latents=2")
 
 
 @rundir.staged
 def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     """Train, evaluate, write the workdir's files; return the metrics dict."""
     config.validate()
-    dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
-    train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
-                                      name=f"{config.dataset} {split}") for split in ("train", "test"))
+    dataset, train, test = load_splits(config, data_dir)
     vq = build_vqvae(config, dataset.dim)
     state, history, train_seconds = train_vqvae(vq, config, train, progress=progress,
                                                 metrics=rundir.live_path(workdir, "metrics.jsonl"))
@@ -55,20 +57,16 @@ def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progr
         "codebook_usage": {"counts": usage.counts.tolist(), "perplexity": usage.perplexity,
                            "max_perplexity": config.codebook_size, "dead_codes": usage.dead_codes,
                            "split": "test"},
-        "data_dim": int(dataset.dim),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
+        **data_sizes(dataset, train, test),
         **header(config),
         "wall_seconds": {"train": round(train_seconds, 2), "evaluate": round(eval_seconds, 2)},
         "history": history,
     }
-    os.makedirs(workdir, exist_ok=True)
     originals = test[:16]
     recon = np.asarray(reconstruct(vq, params, originals))
     fig = plotting.image_grid(np.concatenate([originals, recon]), dataset.image_shape, 16,
                               "test images (top) and E[x | z_q(x)] (bottom)")
-    io.atomic_save_figure(fig, os.path.join(workdir, "reconstructions.png"))
-    plotting.close(fig)
+    save_figure(fig, os.path.join(workdir, "reconstructions.png"))
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
@@ -81,9 +79,7 @@ def summary(metrics: dict) -> str:
                       f"{usage['dead_codes']} dead codes"])
 
 
-main = command(__doc__, run, VQVAEConfig, workdir="runs/vqvae", writes="metrics.json", quick=QUICK,
-               flags=[FieldFlag("--dataset", "dataset", f"one of {data.DATASETS}")], data_dir=True,
-               report=summary, example="--set codebook_size=64 --set num_latents=2")
+main = CLI.main(run, report=summary)
 
 
 if __name__ == "__main__":
