@@ -16,20 +16,20 @@ each mode trains, its metrics_<mode>.jsonl (vi_jax.metrics).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import time
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from vi_jax import io, provenance, rundir
-from vi_jax.config import Rule, apply_overrides, check_fields, count
+from vi_jax import io, rundir
+from vi_jax.config import Rule, check_fields, count
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import take_rows
 from vi_jax.vae import TRAINING_MODES, VAEConfig, build_vae, load_training_data, train_vae
+
+from ._common import Cli, header, subset, write_report
 
 COLUMNS = ("log_px", "elbo_local_ffg", "approximation_gap_ffg", "elbo_amortized", "amortization_gap_ffg")
 
@@ -59,6 +59,9 @@ QUICK = ["vae.num_epochs=10", "n_eval=20", "protocol.local_fit.check_every=20", 
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3",
          "protocol.elbo_samples=100", "protocol.iwae_samples=200"]
 
+CLI = Cli(__doc__, CompareConfig, workdir="runs/compare", writes="compare.json", quick=QUICK,
+          seed=("seed", "vae.seed"), data_dir=True, example="--set vae.num_epochs=50 --set modes=amortized")
+
 
 def markdown(result: dict) -> str:
     lines = ["# Training modes at a matched budget", "",
@@ -81,8 +84,7 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
     dataset, train, test = load_training_data(config.vae, data_dir)
     splits = {"train": train, "test": test}
     key = jax.random.PRNGKey(config.seed)
-    rows = {name: jnp.sort(jax.random.permutation(jax.random.fold_in(key, i), len(x))[:config.n_eval])
-            for i, (name, x) in enumerate(splits.items())}
+    rows = {name: subset(jax.random.fold_in(key, i), x, config.n_eval)[0] for i, (name, x) in enumerate(splits.items())}
     result = {"modes": {}}
     arrays = {}
     for mode in config.modes:
@@ -111,35 +113,13 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
             result["modes"][mode]["splits"][split] = {"n_eval": len(x), "local_init": init,
                                                       **summarize(per_point), "local_fits": info["local_fits"]}
             arrays[f"{mode}_{split}"] = per_point
-    result.update({"seed": config.seed, "config": dataclasses.asdict(config),
-                   "environment": provenance.environment()})
-    os.makedirs(workdir, exist_ok=True)
+    result.update(header(config))
     for name, a in arrays.items():
         io.atomic_save_npz(os.path.join(workdir, f"compare_{name}.npz"), **a)
-    io.atomic_write_text(os.path.join(workdir, "compare.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "compare.json"), result)
-    return result
+    return write_report(workdir, "compare", result, markdown(result))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/compare", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed and the VAE's seed")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a CompareConfig field, e.g. --set vae.num_epochs=50 --set modes=amortized")
-    parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
-    config = apply_overrides(CompareConfig(), overrides)
-    start = time.perf_counter()
-    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/compare.json in {time.perf_counter() - start:.0f} s")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ near uniform), with equality when the image determines its label: the measured g
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import time
 
@@ -27,22 +25,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax import data, io, plotting, rundir
 from vi_jax.cvae import CVAEConfig, build_cvae, generate, make_evaluator, one_hot_labels, train_cvae
-from vi_jax.vae import mean_and_stderr
+
+from ._common import Cli, FieldFlag, data_sizes, elbo_metrics, header, load_splits, save_figure
 
 QUICK = ["latent_dim=2", "encoder_hidden=16", "decoder_hidden=16", "prior_hidden=8", "num_epochs=2",
          "batch_size=100", "eval_elbo_samples=5", "final_iwae_samples=20", "samples_per_class=4"]
+
+CLI = Cli(__doc__, CVAEConfig, workdir="runs/cvae", writes="metrics.json", quick=QUICK,
+          flags=[FieldFlag("--dataset", "dataset", f"one of {data.DATASETS} that has labels")], data_dir=True,
+          example="--set latent_dim=4 --set encoder_hidden=64,64")
 
 
 @rundir.staged
 def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     """Train, evaluate, write the workdir's files; return the metrics dict."""
     config.validate()
-    dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
-    train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
-                                      name=f"{config.dataset} {split}") for split in ("train", "test"))
+    dataset, train, test = load_splits(config, data_dir)
     unlabelled = [split for split in ("train", "test") if getattr(dataset, f"{split}_labels") is None]
     if unlabelled:  # binarized_mnist: only its class-sorted test file has labels; mnist has both
         raise ValueError(f"dataset {config.dataset!r} has no {' and '.join(unlabelled)} labels to condition on")
@@ -63,16 +63,9 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     eval_seconds = time.perf_counter() - start
 
     metrics = {
-        "test_elbo": mean_and_stderr(test_elbo),
-        "test_iwae": {**mean_and_stderr(test_iwae.bound), "k": config.final_iwae_samples,
-                      "mean_mc_stderr_per_datapoint": float(jnp.mean(test_iwae.stderr))},
-        "train_elbo": mean_and_stderr(train_elbo),
-        "data_dim": int(dataset.dim),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-        "seed": config.seed,
-        "config": dataclasses.asdict(config),
-        "environment": provenance.environment(),
+        **elbo_metrics(test_elbo, train_elbo, test_iwae, config.final_iwae_samples),
+        **data_sizes(dataset, train, test),
+        **header(config),
         "wall_seconds": {"train": round(result.seconds, 2), "evaluate": round(eval_seconds, 2)},
         "history": result.history,
     }
@@ -80,35 +73,18 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     samples = generate(keys[3], cvae, params, labels)
     fig = plotting.image_grid(np.asarray(samples), dataset.image_shape, config.samples_per_class,
                               "E[x | z, c], z ~ p(z | c); row = class c")
-    io.atomic_save_figure(fig, os.path.join(workdir, "class_samples.png"))
-    plotting.close(fig)
+    save_figure(fig, os.path.join(workdir, "class_samples.png"))
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/cvae", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS} that has labels")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override any CVAEConfig field, e.g. --set latent_dim=4 --set encoder_hidden=64,64")
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.dataset is not None:
-        overrides.append(f"dataset={args.dataset}")
-    config = apply_overrides(CVAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
-    k = metrics["test_iwae"]["k"]
-    print(f"test ELBO(x|c)     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats")
-    print(f"test IWAE_{k}(x|c) {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats")
-    print(f"wrote {args.workdir}/metrics.json ({metrics['wall_seconds']})")
+def summary(metrics: dict) -> str:
+    rows = [("test ELBO(x|c)    ", metrics["test_elbo"]),
+            (f"test IWAE_{metrics['test_iwae']['k']}(x|c)", metrics["test_iwae"])]
+    return "\n".join(f"{label} {m['mean']:.3f} ± {m['stderr']:.3f} nats" for label, m in rows)
+
+
+main = CLI.main(run, report=summary)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ per estimator), 4.1 in the VAE's paired comparisons (640).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -63,11 +62,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from vi_jax import io, oracles, plotting, provenance, rundir
-from vi_jax.config import Rule, apply_overrides, check_fields, count, counts
+from vi_jax import oracles, plotting, rundir
+from vi_jax.config import Rule, check_fields, count, counts
 from vi_jax.elbo import ESTIMATORS, KL_FORMS, make_elbo, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
+
+from ._common import Cli, FieldFlag, header, save_figure, write_report
 
 REFERENCE = "reparam/analytic"
 
@@ -106,6 +107,12 @@ class EstimatorVarianceConfig:
 
 QUICK = ["num_samples=2,8", "repetitions=200", "num_points=4", "vae.num_epochs=5", "vae.encoder_hidden=32",
          "vae.decoder_hidden=32"]
+
+CLI = Cli(__doc__, EstimatorVarianceConfig, workdir="runs/estimator_variance", writes="estimator_variance.json",
+          quick=QUICK, seed=("seed", "vae.seed"),
+          flags=[FieldFlag("--vae", "include_vae", "also train a digits VAE (config.vae) and measure it", value="true"),
+                 FieldFlag("--checkpoint", "checkpoint", "measure this train_vae workdir's VAE instead")],
+          example="--set repetitions=2000 --set num_samples=2,16 --set vae.num_epochs=50")
 
 
 def gradient_sampler(model, family, estimator: str, kl: str, num_samples: int, batch_size: int):
@@ -232,8 +239,7 @@ def variance_figure(result: dict, path: str) -> None:
     axes[0][0].set_ylabel("tr Cov(gradient) per datapoint")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("ELBO gradient variance w.r.t. q's parameters (error bars: 2 SE)")
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(result: dict) -> str:
@@ -278,39 +284,12 @@ def run(config: EstimatorVarianceConfig, workdir: str, *, progress: bool = True)
         settings |= vae_settings
         seconds |= vae_seconds
     seconds["total"] = round(time.perf_counter() - start, 2)
-    result = {"settings": settings, "seed": config.seed, "config": dataclasses.asdict(config),
-              "environment": provenance.environment(), "wall_seconds": seconds}
-    os.makedirs(workdir, exist_ok=True)
+    result = {"settings": settings, **header(config), "wall_seconds": seconds}
     variance_figure(result, os.path.join(workdir, "variance_vs_samples.png"))
-    io.atomic_write_text(os.path.join(workdir, "estimator_variance.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "estimator_variance.json"), result)
-    return result
+    return write_report(workdir, "estimator_variance", result, markdown(result))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/estimator_variance", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
-    parser.add_argument("--vae", action="store_true", help="also train a digits VAE (config.vae) and measure it")
-    parser.add_argument("--checkpoint", default=None, help="measure this train_vae workdir's VAE instead")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override an EstimatorVarianceConfig field, e.g. --set repetitions=2000 "
-                             "--set num_samples=2,16 --set vae.num_epochs=50")
-    parser.add_argument("--no-progress", action="store_true", help="print only the tables")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
-    if args.vae:
-        overrides.append("include_vae=true")
-    if args.checkpoint is not None:
-        overrides.append(f"checkpoint={args.checkpoint}")
-    config = apply_overrides(EstimatorVarianceConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/estimator_variance.json")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

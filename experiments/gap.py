@@ -35,7 +35,6 @@ L[q*_FFG] -16.88, L[q*_flow] -16.68; approximation gap FFG 0.77 +- 0.01, amortiz
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -47,17 +46,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax import io, plotting, provenance, rundir
-from vi_jax.config import Rule, apply_overrides, check_fields, count, one_of
+from vi_jax.config import Rule, check_fields, count, one_of
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
+
+from ._common import ROW_CHOICES, Cli, FieldFlag, subset
 
 SPLITS = ("train", "test")
 QUANTITIES = ("log_px", "log_px_iwae", "elbo_amortized", "elbo_local_ffg", "elbo_local_flow",
               "inference_gap", "approximation_gap_ffg", "amortization_gap_ffg", "approximation_gap_flow",
               "amortization_gap_flow")
 AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with protocol.ais_proposal
-ROW_CHOICES = ("random", "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,25 +100,9 @@ QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", 
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=100",
          "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
 
-
-def subset(key, x: np.ndarray, n: int, rows: str = "random", *, order: str | None = None,
-           name: str = "data") -> tuple[np.ndarray, np.ndarray]:
-    """(sorted row indices, rows) of a seeded random subset of n rows, or of the first n rows
-    (Cremer et al. evaluate the first 1000 training points); all rows if n >= len(x).
-
-    order: why the row order of `x` is meaningful (Dataset.ordered_splits), or None; then its
-    first n rows are a biased sample and rows="first" raises a ValueError starting with `name`.
-    """
-    if rows not in ROW_CHOICES:
-        raise ValueError(f"{name}: unknown rows choice {rows!r}; known: {ROW_CHOICES}")
-    if rows == "first" and order is not None and n < len(x):
-        raise ValueError(f"{name}: rows='first' refused: the split is {order}, so its first {n} rows are not a "
-                         f"fair sample of its {len(x)}; use rows='random' (a seeded random subset) or all rows")
-    if rows == "first":
-        index = np.arange(min(n, len(x)))
-    else:
-        index = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:n])
-    return index, x[index]
+CLI = Cli(__doc__, GapConfig, workdir="runs/gap", writes="gap.json", quick=QUICK, seed=("seed", "vae.seed"),
+          flags=[FieldFlag("--checkpoint", "checkpoint", "a train_vae workdir whose VAE to evaluate")], data_dir=True,
+          example="--set n_eval=100 --set vae.latent_dim=4 --set protocol.local_fit.learning_rate=1e-2")
 
 
 def choose_rows(config: GapConfig, dataset, splits: dict) -> dict:
@@ -271,28 +255,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     return result
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/gap", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
-    parser.add_argument("--checkpoint", default=None, help="a train_vae workdir whose VAE to evaluate")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration (about a minute)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a GapConfig field, e.g. --set n_eval=100 --set vae.latent_dim=4 "
-                             "--set protocol.local_fit.learning_rate=1e-2")
-    parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
-    if args.checkpoint is not None:
-        overrides.append(f"checkpoint={args.checkpoint}")
-    config = apply_overrides(GapConfig(), overrides)
-    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/gap.json; wall seconds: {result['wall_seconds']['total']}")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ epochs 25 -> 200 the test split's amortization gap grows from 0.65 +- 0.06 to 0.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import tempfile
@@ -39,13 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.gap import subset
-from vi_jax import io, plotting, provenance, rundir
-from vi_jax.config import Rule, apply_overrides, check_fields, count
+from vi_jax import plotting, rundir
+from vi_jax.config import Rule, check_fields, count
 from vi_jax.flows import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
+
+from ._common import Cli, header, save_figure, subset, write_report
 
 SPLITS = ("train", "test")
 GAPS = {"inference_gap": "inference", "approximation_gap_ffg": "approximation (FFG)",
@@ -82,6 +82,10 @@ class GapOverTrainingConfig:
 
 QUICK = ["vae.num_epochs=4", "every=2", "vae.encoder_hidden=32", "vae.decoder_hidden=32", "n_eval=10",
          "protocol.local_fit.max_steps=200", "protocol.elbo_samples=20", "protocol.iwae_samples=100"]
+
+CLI = Cli(__doc__, GapOverTrainingConfig, workdir="runs/gap_over_training", writes="gap_over_training.json",
+          quick=QUICK, seed=("seed", "vae.seed"), data_dir=True,
+          example="--set every=10 --set vae.latent_dim=4 --set protocol.iwae_samples=5000")
 
 
 def checkpoint_epochs(num_epochs: int, every: int) -> list[int]:
@@ -152,37 +156,14 @@ def run(config: GapOverTrainingConfig, workdir: str, *, data_dir: str | None = N
     seconds = {"train": round(seconds["train"], 2), "gaps": seconds["gaps"],
                "total": round(time.perf_counter() - start, 2)}
     out = {"epochs": epochs, "gaps": list(gaps), "splits": splits, "local_fits": fits, "history": history,
-           "seed": config.seed, "config": dataclasses.asdict(config), "environment": provenance.environment(),
-           "wall_seconds": seconds}
-    os.makedirs(workdir, exist_ok=True)
+           **header(config), "wall_seconds": seconds}
     fig = plotting.gap_curves(epochs, {name: splits[name] for name in SPLITS}, gaps,
                               f"gaps over training ({config.vae.dataset}, {config.n_eval} datapoints per split)")
-    io.atomic_save_figure(fig, os.path.join(workdir, "gap_over_training.png"))
-    plotting.close(fig)
-    io.atomic_write_text(os.path.join(workdir, "gap_over_training.md"), markdown(out))
-    io.atomic_write_json(os.path.join(workdir, "gap_over_training.json"), out)
-    return out
+    save_figure(fig, os.path.join(workdir, "gap_over_training.png"))
+    return write_report(workdir, "gap_over_training", out, markdown(out))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/gap_over_training", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a GapOverTrainingConfig field, e.g. --set every=10 --set vae.latent_dim=4 "
-                             "--set protocol.iwae_samples=5000")
-    parser.add_argument("--no-progress", action="store_true", help="print nothing while running")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
-    config = apply_overrides(GapOverTrainingConfig(), overrides)
-    result = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/gap_over_training.json; wall seconds: {result['wall_seconds']['total']}")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ the whole table), nats short from the encoder-like start, mean / max over 20 row
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -44,11 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, oracles, plotting, provenance
-from vi_jax.config import Rule, apply_overrides, check_fields, count, counts, real
+from vi_jax import oracles, plotting
+from vi_jax.config import Rule, check_fields, count, counts, real
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import LOCAL_FIT_PROTOCOLS, LocalFitConfig, make_local_fit, tile_rows
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
+
+from ._common import Cli, header, save_figure, subset, write_report
 
 STARTS = ("encoder", "prior")
 # Candidates for a fit that reaches q* fast (issue 17 item 2), measured beside the named
@@ -103,6 +104,9 @@ QUICK = ["linear_latent_dims=4", "linear_data_dims=16", "linear_rows=5", "encode
          "vae.num_epochs=5", "vae.encoder_hidden=32", "vae.decoder_hidden=32", "vae_rows=4", "max_steps=2000",
          "quadrature.coarse_points=61", "quadrature.points=41", "quadrature.elbo_points=41",
          "quadrature.polish_points=41", "quadrature.fit_iterations=6"]
+
+CLI = Cli(__doc__, LocalFitAccuracyConfig, workdir="runs/local_fit_accuracy", writes="local_fit_accuracy.json",
+          quick=QUICK, seed=("seed", "vae.seed"), staged=False, example="--set protocols=reference,accurate")
 
 
 def protocols(config: LocalFitAccuracyConfig) -> dict[str, tuple[LocalFitConfig, str]]:
@@ -174,8 +178,7 @@ def run_vae(config: LocalFitAccuracyConfig, key, log, progress: bool) -> dict:
     log(f"[vae] training the VAE ({vae_config.num_epochs} epochs)")
     vae = build_vae(vae_config, dataset.dim, len(train) // vae_config.batch_size)
     params = train_vae(vae, vae_config, train, progress=progress).state.params
-    rows = np.sort(np.asarray(jax.random.permutation(jax.random.fold_in(key, 0), len(test)))[:config.vae_rows])
-    x = np.asarray(test[rows])
+    _, x = subset(jax.random.fold_in(key, 0), test, config.vae_rows)
     theta = params["decoder"]
     q_phi = vae.encode(params["encoder"], jnp.asarray(x))
     log(f"[vae] quadrature q*_FFG on {len(x)} test digits")
@@ -242,8 +245,7 @@ def figure(result: dict, path: str) -> None:
         ax.set_ylabel("max shortfall over rows (nats)")
         ax.set_title(problem, fontsize=9)
     axes[0][0].legend(fontsize=7)
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def run(config: LocalFitAccuracyConfig, workdir: str, *, progress: bool = True) -> dict:
@@ -262,35 +264,16 @@ def run(config: LocalFitAccuracyConfig, workdir: str, *, progress: bool = True) 
         problems |= run_vae(config, jax.random.fold_in(key, 100), log, progress)
         seconds["vae"] = round(time.perf_counter() - t, 2)
     seconds["total"] = round(time.perf_counter() - start, 2)
-    result = {"seed": config.seed,
-              "protocols": {name: {"name": fit.protocol_name() if name in LOCAL_FIT_PROTOCOLS else "candidate",
+    result = {"protocols": {name: {"name": fit.protocol_name() if name in LOCAL_FIT_PROTOCOLS else "candidate",
                                    "settings": dataclasses.asdict(fit), "estimator": estimator}
                             for name, (fit, estimator) in protocols(config).items()},
-              "problems": problems, "config": dataclasses.asdict(config), "environment": provenance.environment(),
-              "wall_seconds": seconds}
+              "problems": problems, **header(config), "wall_seconds": seconds}
     os.makedirs(workdir, exist_ok=True)
     figure(result, os.path.join(workdir, "local_fit_accuracy.png"))
-    io.atomic_write_text(os.path.join(workdir, "local_fit_accuracy.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "local_fit_accuracy.json"), result)
-    return result
+    return write_report(workdir, "local_fit_accuracy", result, markdown(result))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/local_fit_accuracy", help="output directory")
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a LocalFitAccuracyConfig field, e.g. --set protocols=reference,accurate")
-    parser.add_argument("--no-progress", action="store_true", help="print only the table")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides += [f"seed={args.seed}", f"vae.seed={args.seed}"]
-    config = apply_overrides(LocalFitAccuracyConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress)
-    print(markdown(result))
-    print(f"wrote {args.workdir}/local_fit_accuracy.json")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

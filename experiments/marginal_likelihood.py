@@ -40,7 +40,6 @@ it is all but exact and AIS from it keeps that accuracy.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -50,12 +49,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, oracles, plotting, provenance, rundir
+from vi_jax import io, oracles, plotting, rundir
 from vi_jax.ais import AisConfig, make_ais, prior_monte_carlo
-from vi_jax.config import Rule, apply_overrides, check_fields, count, counts, real
+from vi_jax.config import Rule, check_fields, count, counts, real
 from vi_jax.elbo import make_iwae, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import tile_rows
+
+from ._common import Cli, header, save_figure, write_report
 
 METHODS = ("naive", "iwae_qstar", "ais_prior", "ais_qstar")
 
@@ -86,6 +87,9 @@ class MarginalLikelihoodConfig:
 
 
 QUICK = ["latent_dims=2,10", "num_points=5", "ais.num_chains=8", "ais.num_steps=30"]
+
+CLI = Cli(__doc__, MarginalLikelihoodConfig, workdir="runs/marginal_likelihood", writes="marginal_likelihood.json",
+          quick=QUICK, example="--set latent_dims=2,5 --set ais.num_steps=500")
 
 
 def oracle_model(key, latent_dim: int, config: MarginalLikelihoodConfig = MarginalLikelihoodConfig()) -> dict:
@@ -202,8 +206,7 @@ def figure(result: dict, path: str) -> None:
     ax.set_ylabel("mean |estimate - exact log p(x)| (nats)")
     ax.set_title(f"{result['likelihood_evaluations']} evaluations of log p(x, z) per datapoint")
     ax.legend()
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 @rundir.staged
@@ -220,34 +223,14 @@ def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True
                         "chi2_q_star_mean": float(np.mean(arrays["chi2_posterior_to_q_star"])),
                         "methods": summarize(arrays), "seconds": seconds}
         npz |= {f"d{d}/{name}": np.asarray(value) for name, value in arrays.items()}
-    result = {"dims": dims, "likelihood_evaluations": config.ais.likelihood_evaluations(), "seed": config.seed,
-              "config": dataclasses.asdict(config), "environment": provenance.environment(),
+    result = {"dims": dims, "likelihood_evaluations": config.ais.likelihood_evaluations(), **header(config),
               "wall_seconds": {"total": round(time.perf_counter() - start, 2)}}
-    os.makedirs(workdir, exist_ok=True)
     io.atomic_save_npz(os.path.join(workdir, "marginal_likelihood.npz"), **npz)
     figure(result, os.path.join(workdir, "error_vs_dim.png"))
-    io.atomic_write_text(os.path.join(workdir, "marginal_likelihood.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "marginal_likelihood.json"), result)
-    return result
+    return write_report(workdir, "marginal_likelihood", result, markdown(result))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/marginal_likelihood", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. --set latent_dims=2,5 --set ais.num_steps=500")
-    parser.add_argument("--no-progress", action="store_true", help="print only the table")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    config = apply_overrides(MarginalLikelihoodConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/marginal_likelihood.json; wall seconds: {result['wall_seconds']['total']}")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ About 10 s of CPU time (25 s wall on a loaded 2-core machine).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -37,12 +36,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vi_jax import io, networks, provenance, rundir
-from vi_jax.config import Rule, apply_overrides, check_fields, count, one_of, real, widths
+from vi_jax import io, networks, rundir
+from vi_jax.config import Rule, check_fields, count, one_of, real, widths
 from vi_jax.mixture_model import (ESTIMATORS, GaussianMixture, amortized_mixture_vi, local_mixture_vi,
                                   make_mixture_elbo, make_posterior_fit, posterior_kl)
 from vi_jax.train import make_epoch
 from vi_jax.vae import mean_and_stderr
+
+from ._common import Cli, header
 
 METHODS = ("amortized", "local")
 
@@ -83,6 +84,9 @@ class MixtureConfig:
 
 
 QUICK = ["num_train=100", "num_test=100", "num_epochs=20", "refit_steps=200"]
+
+CLI = Cli(__doc__, MixtureConfig, workdir="runs/mixture_vi", writes="metrics.json", quick=QUICK, progress=False,
+          example=f"--set estimator={ESTIMATORS[1]}")
 
 
 def row_optimizer_for(config: MixtureConfig) -> optax.GradientTransformation:
@@ -152,32 +156,23 @@ def run(config: MixtureConfig, workdir: str) -> dict:
             metrics[method]["test_kl_to_posterior"] = mean_and_stderr(evaluate(theta, eta_test, test)[2])
     metrics["truth"] = {"train_log_px": mean_and_stderr(log_px_test(truth, train)),
                         "test_log_px": mean_and_stderr(log_px_test(truth, test))}
-    metrics.update(seed=config.seed, config=dataclasses.asdict(config), environment=provenance.environment(),
-                   wall_seconds={**seconds, "total": round(time.perf_counter() - start, 2)})
+    metrics.update(header(config), wall_seconds={**seconds, "total": round(time.perf_counter() - start, 2)})
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/mixture_vi", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help=f"override a MixtureConfig field, e.g. --set estimator={ESTIMATORS[1]}")
-    parser.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    metrics = run(apply_overrides(MixtureConfig(), overrides), args.workdir, **rundir.arguments(args))
+def summary(metrics: dict) -> str:
+    lines = []
     for method in METHODS:
         m = metrics[method]
-        print(f"{method:9s} KL(q || p(z|x)) {m['train_kl_to_posterior']['mean']:.5f} ± "
-              f"{m['train_kl_to_posterior']['stderr']:.5f}, after refit {m['train_kl_to_posterior_refit']['mean']:.2e}; "
-              f"test log p(x) {m['test_log_px']['mean']:.3f}")
-    print(f"truth     test log p(x) {metrics['truth']['test_log_px']['mean']:.3f}")
-    print(f"wrote {args.workdir}/metrics.json ({metrics['wall_seconds']})")
+        lines.append(f"{method:9s} KL(q || p(z|x)) {m['train_kl_to_posterior']['mean']:.5f} ± "
+                     f"{m['train_kl_to_posterior']['stderr']:.5f}, after refit "
+                     f"{m['train_kl_to_posterior_refit']['mean']:.2e}; test log p(x) {m['test_log_px']['mean']:.3f}")
+    lines.append(f"truth     test log p(x) {metrics['truth']['test_log_px']['mean']:.3f}")
+    return "\n".join(lines)
+
+
+main = CLI.main(run, report=summary)
 
 
 if __name__ == "__main__":

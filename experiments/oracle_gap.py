@@ -51,7 +51,6 @@ moves that much from the amortization to the approximation gap.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -62,11 +61,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vi_jax import io, oracles, plotting, provenance, rundir
-from vi_jax.config import Rule, apply_overrides, check_fields, count, real
+from vi_jax import io, oracles, plotting, rundir
+from vi_jax.config import Rule, check_fields, count, real
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
+
+from ._common import Cli, header, save_figure, subset, write_report
 
 QUANTITIES = (
     ("log_px", "log p(x)"),
@@ -152,6 +153,10 @@ QUICK = ["linear.num_points=100", "linear.encoder_batch_size=10", "linear.encode
          "vae.quadrature.polish_points=41", "vae.quadrature.fit_iterations=6",
          "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5", "protocol.local_fit.max_steps=2000",
          "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=200", "protocol.iwae_samples=500"]
+
+CLI = Cli(__doc__, OracleGapConfig, workdir="runs/oracle", writes="oracle.json", quick=QUICK,
+          seed=("seed", "vae.vae.seed"),
+          example="--set linear.num_points=500 --set vae.vae.num_epochs=50 --set protocol.iwae_samples=1000")
 
 
 def compare(exact: dict, estimate: dict) -> dict:
@@ -240,10 +245,6 @@ def run_linear(config: OracleGapConfig, key, log, workdir: str) -> tuple[dict, d
     return sections, {"seconds": seconds, "npz": npz}
 
 
-def seeded_subset(key, n_rows: int, n: int) -> np.ndarray:
-    return np.sort(np.asarray(jax.random.permutation(key, n_rows))[:n])
-
-
 def run_vae(config: OracleGapConfig, key, log, progress: bool, workdir: str) -> tuple[dict, dict]:
     c = config.vae
     vae_config = c.vae
@@ -255,8 +256,7 @@ def run_vae(config: OracleGapConfig, key, log, progress: bool, workdir: str) -> 
     params = train_vae(vae, vae_config, train, progress=progress,
                        metrics=rundir.live_path(workdir, "metrics_vae.jsonl")).state.params
     seconds["train"] = time.perf_counter() - start
-    rows = seeded_subset(jax.random.fold_in(key, 0), len(test), c.num_points)
-    x = np.asarray(test[rows])
+    rows, x = subset(jax.random.fold_in(key, 0), test, c.num_points)
     theta = params["decoder"]
     q_phi = vae.encode(params["encoder"], jnp.asarray(x))
 
@@ -316,8 +316,7 @@ def manifold_figure(vae, params, side: int, image_shape, path: str) -> None:
     means = jax.vmap(vae.model.mean, in_axes=(None, 0))(params["decoder"], jnp.asarray(z, jnp.float32))
     fig = plotting.image_grid(np.asarray(means), image_shape, side,
                               "E[x | z] on a grid of z at prior quantiles 0.05 ... 0.95")
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def posteriors_figure(extra: dict, path: str, count: int = 6) -> None:
@@ -342,8 +341,7 @@ def posteriors_figure(extra: dict, path: str, count: int = 6) -> None:
         img_ax.axis("off")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("exact posteriors p(z|x) (contours) with 2-sigma ellipses of q_phi and q*_FFG")
-    io.atomic_save_figure(fig, path)
-    plotting.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(result: dict) -> str:
@@ -375,16 +373,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _jsonable(obj):
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    return obj
-
-
 @rundir.staged
 def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict:
     """Both oracles, the project's estimates, the files; returns the oracle.json dict."""
@@ -397,37 +385,16 @@ def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict
     seconds = {f"linear_gaussian/{k}": round(v, 2) for k, v in linear_info["seconds"].items()}
     seconds |= {f"vae/{k}": round(v, 2) for k, v in vae_info["seconds"].items()}
 
-    os.makedirs(workdir, exist_ok=True)
     manifold_figure(vae_info["vae"], vae_info["params"], config.vae.manifold_side, vae_info["image_shape"],
                     os.path.join(workdir, "manifold.png"))
     posteriors_figure(vae_info, os.path.join(workdir, "posteriors.png"))
     io.atomic_save_npz(os.path.join(workdir, "oracle.npz"), **linear_info["npz"], **vae_info["npz"])
     seconds["total"] = round(time.perf_counter() - start, 2)
-    result = {"models": linear_sections | vae_sections, "seed": config.seed, "config": _jsonable(config),
-              "environment": provenance.environment(), "wall_seconds": seconds}
-    io.atomic_write_text(os.path.join(workdir, "oracle.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "oracle.json"), result)
-    return result
+    result = {"models": linear_sections | vae_sections, **header(config), "wall_seconds": seconds}
+    return write_report(workdir, "oracle", result, markdown(result))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/oracle", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed (and the VAE's seed)")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration (about 20 s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override an OracleGapConfig field, e.g. --set linear.num_points=500 "
-                             "--set vae.vae.num_epochs=50 --set protocol.iwae_samples=1000")
-    parser.add_argument("--no-progress", action="store_true", help="print only the table")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides += [f"seed={args.seed}", f"vae.vae.seed={args.seed}"]
-    config = apply_overrides(OracleGapConfig(), overrides)
-    result = run(config, args.workdir, progress=not args.no_progress, **rundir.arguments(args))
-    print(markdown(result))
-    print(f"wrote {args.workdir}/oracle.json")
+main = CLI.main(run, report=markdown)
 
 
 if __name__ == "__main__":

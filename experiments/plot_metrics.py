@@ -16,8 +16,10 @@ import argparse
 import glob
 import os
 
-from vi_jax import io, plotting
+from vi_jax import plotting
 from vi_jax.metrics import MetricsError, read_metrics
+
+from ._common import save_figure
 
 
 def metrics_files(path: str) -> list[str]:
@@ -48,8 +50,7 @@ def run(path: str, output: str | None = None) -> str:
         directory = path if os.path.isdir(path) else os.path.dirname(path)
         output = os.path.join(directory, "metrics.png")
     fig = plotting.metrics_curves(runs, title=os.path.abspath(path))
-    io.atomic_save_figure(fig, output)
-    plotting.close(fig)
+    save_figure(fig, output)
     return output
 
 

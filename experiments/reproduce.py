@@ -39,12 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import gap
-from experiments.train_vae import evaluate_and_save
 from vi_jax import artifacts, io, rundir
 from vi_jax.config import Rule, apply_overrides, check_fields, count, from_dict, real
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
+
+from . import gap
+from ._common import RESUME, base_parser, run_kwargs, subset
+from .train_vae import evaluate_and_save
 
 EVALUATIONS_PER_RUN = 40  # validation points on the curve (eval_every = num_epochs / this)
 # Held-out subsets draw from fold_in(fold_in(PRNGKey(seed), HELD_OUT_KEY), i), i = 0 test, 1 the
@@ -131,17 +133,17 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
             gap.choose_rows(gap_config, dataset, {"train": train, "test": test})
     held_out_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), HELD_OUT_KEY)
     if dataset.valid is not None:  # Larochelle's validation file is in random order
-        valid = gap.subset(None, dataset.valid, options.num_valid, "first", order=dataset.ordered_splits.get("valid"),
-                           name=f"{config.dataset} valid")[1]
+        valid = subset(None, dataset.valid, options.num_valid, "first", order=dataset.ordered_splits.get("valid"),
+                       name=f"{config.dataset} valid")[1]
     else:  # MNIST has no validation split: random test rows stand in (its test split is ordered)
-        valid = gap.subset(jax.random.fold_in(held_out_key, 1), test, options.num_valid)[1]
+        valid = subset(jax.random.fold_in(held_out_key, 1), test, options.num_valid)[1]
     valid = jnp.asarray(valid)
     if options.num_train:
-        train = gap.subset(None, train, options.num_train, "first", order=dataset.ordered_splits.get("train"),
-                           name=f"{config.dataset} train")[1]
+        train = subset(None, train, options.num_train, "first", order=dataset.ordered_splits.get("train"),
+                       name=f"{config.dataset} train")[1]
     test_rows = {"choice": "all", "n": len(test), "of": len(test)}
     if options.num_test:
-        index, test = gap.subset(jax.random.fold_in(held_out_key, 0), test, options.num_test)
+        index, test = subset(jax.random.fold_in(held_out_key, 0), test, options.num_test)
         test_rows = {"choice": "random", "n": len(index), "of": test_rows["of"],
                      "subset_key": f"fold_in(fold_in(PRNGKey({config.seed}), {HELD_OUT_KEY}), 0)",
                      "indices": index.tolist()}
@@ -298,16 +300,11 @@ def main(argv=None) -> None:
         argv = sys.argv[1:]
     if argv and argv[0] in ("--verify", "--publish", "--table"):
         return artifact_main(argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = base_parser(__doc__, workdir=None, workdir_help="output directory (default runs/PRESET)", data_dir=True)
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    parser.add_argument("--workdir", default=None, help="output directory (default runs/PRESET)")
-    rundir.add_arguments(parser)
-    parser.add_argument("--data-dir", default=None, help="directory holding binarized_mnist (or $VI_JAX_DATA_DIR)")
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="shorten every stage to max(1, round(F * epochs)) epochs")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in WORKDIR")
-    parser.add_argument("--fallback-to-intact", action="store_true",
-                        help="with --resume: if the newest checkpoint is damaged, continue from an older intact one")
+    RESUME.add(parser)
     parser.add_argument("--num-train", type=count_at_least(0), default=0, help="train on the first N points (0: all)")
     parser.add_argument("--num-test", type=count_at_least(0), default=0,
                         help="evaluate a seeded random N of the test points (0: all)")
@@ -321,16 +318,14 @@ def main(argv=None) -> None:
                         help="override a GapConfig field of the gap protocol (Cremer presets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a VAEConfig field of the preset (the result is no longer the preset)")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     options = RunOptions(epochs_scale=args.epochs_scale, num_train=args.num_train, num_test=args.num_test,
                          num_valid=args.num_valid, checkpoint_every=args.checkpoint_every,
                          gap_points=args.gap_points, authors_points=args.authors_points,
                          gap_overrides=tuple(args.gap_overrides))
     workdir = os.path.join("runs", args.preset) if args.workdir is None else args.workdir  # "" is an error
-    metrics = run(args.preset, workdir, options, overrides=args.overrides, data_dir=args.data_dir,
-                  resume=args.resume, resume_fallback=args.fallback_to_intact, progress=not args.no_progress,
-                  **rundir.arguments(args))
+    metrics = run(args.preset, workdir, options, overrides=args.overrides, **run_kwargs(args),
+                  **RESUME.kwargs(args))
     print(markdown(metrics))
     print(f"wrote {workdir}/metrics.json")
 

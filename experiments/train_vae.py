@@ -15,8 +15,6 @@ nats, in about 20 s on 2 CPU cores.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import time
 
@@ -25,13 +23,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance, rundir, visualize
-from vi_jax.config import apply_overrides
-from vi_jax.vae import (VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr,
-                        train_vae)
+from vi_jax import io, plotting, rundir, visualize
+from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator, train_vae
+
+from ._common import DATASET, RESUME, Cli, RunFlags, data_sizes, elbo_metrics, header, save_figure
 
 INTERPOLATION_STEPS = 10
 MANIFOLD_SIDE = 15
+
+
+def _add_distributed(parser) -> None:
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() first (one process per host)")
+
+
+def _join_hosts(args) -> dict:
+    if args.distributed:  # before run() touches a device
+        jax.distributed.initialize()
+    return {}
+
+
+CLI = Cli(__doc__, VAEConfig, workdir="runs/train_vae", writes="metrics.json",
+          flags=[DATASET], data_dir=True,
+          extra=[RESUME, RunFlags(_add_distributed, _join_hosts)],
+          example="--set latent_dim=4 --set encoder_hidden=64,64")
 
 
 def save_pictures(vae, params, test: np.ndarray, image_shape, key, history: list, workdir: str) -> None:
@@ -40,8 +55,7 @@ def save_pictures(vae, params, test: np.ndarray, image_shape, key, history: list
     the encoder means of test images 0-1, 2-3, 4-5, 6-7), elbo_curve.png (the training history)
     and, for a 2-D latent, manifold.png (E[x | z] on a grid of prior quantiles)."""
     def save(fig, name):
-        io.atomic_save_figure(fig, os.path.join(workdir, name))
-        plotting.close(fig)
+        save_figure(fig, os.path.join(workdir, name))
 
     originals = test[:16]
     recon = visualize.reconstructions(vae, params, originals)
@@ -98,21 +112,13 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
     eval_seconds = time.perf_counter() - start
 
     metrics = {
-        "test_elbo": mean_and_stderr(test_elbo),
-        "test_iwae": {**mean_and_stderr(test_iwae.bound), "k": config.final_iwae_samples,
-                      "mean_mc_stderr_per_datapoint": float(jnp.mean(test_iwae.stderr))},
-        "train_elbo": mean_and_stderr(train_elbo),
-        "data_dim": int(dataset.dim),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-        "seed": config.seed,
-        "config": dataclasses.asdict(config),
-        "environment": provenance.environment(),
+        **elbo_metrics(test_elbo, train_elbo, test_iwae, config.final_iwae_samples),
+        **data_sizes(dataset, train, test),
+        **header(config),
         "wall_seconds": {"train": round(result.seconds, 2), "train_timed_from_epoch": result.timed_from_epoch,
                          "evaluate": round(eval_seconds, 2)},
         "history": result.history,
     }
-    os.makedirs(workdir, exist_ok=True)
     save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
     io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
     io.atomic_save_npz(os.path.join(workdir, "evaluation.npz"), test_elbo=test_elbo, train_elbo=train_elbo,
@@ -120,37 +126,13 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
     return metrics
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/train_vae", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS}")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override any VAEConfig field, e.g. --set latent_dim=4 --set encoder_hidden=64,64")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the workdir")
-    parser.add_argument("--fallback-to-intact", action="store_true",
-                        help="with --resume: if the newest checkpoint is damaged, continue from an older intact one")
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (one process per host)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    if args.distributed:
-        jax.distributed.initialize()
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.dataset is not None:
-        overrides.append(f"dataset={args.dataset}")
-    config = apply_overrides(VAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, resume=args.resume,
-                  resume_fallback=args.fallback_to_intact, **rundir.arguments(args))
-    k = metrics["test_iwae"]["k"]
-    print(f"test ELBO     {metrics['test_elbo']['mean']:.3f} ± {metrics['test_elbo']['stderr']:.3f} nats")
-    print(f"test IWAE_{k} {metrics['test_iwae']['mean']:.3f} ± {metrics['test_iwae']['stderr']:.3f} nats")
-    print(f"train ELBO    {metrics['train_elbo']['mean']:.3f} ± {metrics['train_elbo']['stderr']:.3f} nats")
-    print(f"wrote {args.workdir}/metrics.json ({metrics['wall_seconds']})")
+def summary(metrics: dict) -> str:
+    rows = [("test ELBO    ", metrics["test_elbo"]), (f"test IWAE_{metrics['test_iwae']['k']}", metrics["test_iwae"]),
+            ("train ELBO   ", metrics["train_elbo"])]
+    return "\n".join(f"{label} {m['mean']:.3f} ± {m['stderr']:.3f} nats" for label, m in rows)
+
+
+main = CLI.main(run, report=summary)
 
 
 if __name__ == "__main__":

@@ -15,28 +15,29 @@ ELBO -23.36 (of which L log K = 13.86), perplexity 30.9 of 32, no dead codes.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import time
 
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance, rundir
-from vi_jax.config import apply_overrides
+from vi_jax import io, plotting, rundir
 from vi_jax.vae import mean_and_stderr
 from vi_jax.vqvae import VQVAEConfig, build_vqvae, codebook_usage, evaluate, reconstruct, train_vqvae
 
+from ._common import DATASET, Cli, data_sizes, header, load_splits, save_figure
+
 QUICK = ["num_epochs=5", "encoder_hidden=32", "decoder_hidden=32"]
+
+CLI = Cli(__doc__, VQVAEConfig, workdir="runs/vqvae", writes="metrics.json", quick=QUICK,
+          flags=[DATASET], data_dir=True,
+          example="--set codebook_size=64 --set num_latents=2")
 
 
 @rundir.staged
 def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     """Train, evaluate, write the workdir's files; return the metrics dict."""
     config.validate()
-    dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
-    train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
-                                      name=f"{config.dataset} {split}") for split in ("train", "test"))
+    dataset, train, test = load_splits(config, data_dir)
     vq = build_vqvae(config, dataset.dim)
     state, history, train_seconds = train_vqvae(vq, config, train, progress=progress,
                                                 metrics=rundir.live_path(workdir, "metrics.jsonl"))
@@ -56,51 +57,29 @@ def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progr
         "codebook_usage": {"counts": usage.counts.tolist(), "perplexity": usage.perplexity,
                            "max_perplexity": config.codebook_size, "dead_codes": usage.dead_codes,
                            "split": "test"},
-        "data_dim": int(dataset.dim),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-        "seed": config.seed,
-        "config": dataclasses.asdict(config),
-        "environment": provenance.environment(),
+        **data_sizes(dataset, train, test),
+        **header(config),
         "wall_seconds": {"train": round(train_seconds, 2), "evaluate": round(eval_seconds, 2)},
         "history": history,
     }
-    os.makedirs(workdir, exist_ok=True)
     originals = test[:16]
     recon = np.asarray(reconstruct(vq, params, originals))
     fig = plotting.image_grid(np.concatenate([originals, recon]), dataset.image_shape, 16,
                               "test images (top) and E[x | z_q(x)] (bottom)")
-    io.atomic_save_figure(fig, os.path.join(workdir, "reconstructions.png"))
-    plotting.close(fig)
+    save_figure(fig, os.path.join(workdir, "reconstructions.png"))
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/vqvae", help="output directory")
-    rundir.add_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None, help="overrides config.seed")
-    parser.add_argument("--dataset", default=None, help=f"one of {data.DATASETS}")
-    parser.add_argument("--data-dir", default=None, help="directory holding downloaded datasets")
-    parser.add_argument("--quick", action="store_true", help="a small smoke configuration")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override any VQVAEConfig field, e.g. --set codebook_size=64 --set num_latents=2")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    overrides = (QUICK if args.quick else []) + list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.dataset is not None:
-        overrides.append(f"dataset={args.dataset}")
-    config = apply_overrides(VQVAEConfig(), overrides)
-    metrics = run(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress, **rundir.arguments(args))
+def summary(metrics: dict) -> str:
     nll, usage = metrics["test_reconstruction_nll"], metrics["codebook_usage"]
-    print(f"test reconstruction NLL {nll['mean']:.3f} ± {nll['stderr']:.3f} nats")
-    print(f"test ELBO (uniform prior) {metrics['test_elbo_uniform_prior']['mean']:.3f} nats")
-    print(f"codebook perplexity {usage['perplexity']:.2f} of {usage['max_perplexity']}, "
-          f"{usage['dead_codes']} dead codes")
-    print(f"wrote {args.workdir}/metrics.json ({metrics['wall_seconds']})")
+    return "\n".join([f"test reconstruction NLL {nll['mean']:.3f} ± {nll['stderr']:.3f} nats",
+                      f"test ELBO (uniform prior) {metrics['test_elbo_uniform_prior']['mean']:.3f} nats",
+                      f"codebook perplexity {usage['perplexity']:.2f} of {usage['max_perplexity']}, "
+                      f"{usage['dead_codes']} dead codes"])
+
+
+main = CLI.main(run, report=summary)
 
 
 if __name__ == "__main__":
