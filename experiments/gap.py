@@ -48,7 +48,7 @@ import numpy as np
 
 from vi_jax import io, plotting, provenance, rundir
 from vi_jax.config import Rule, apply_overrides, check_fields, count, one_of
-from vi_jax.flows import coupling_flow
+from vi_jax.families import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 

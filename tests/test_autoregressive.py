@@ -13,11 +13,11 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from vi_jax import oracles
-from vi_jax.autoregressive import made, made_masks, inverse_autoregressive_flow
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import make_elbo
-from vi_jax.families import diagonal_gaussian
-from vi_jax.flows import MAX_LOG_SCALE
+from vi_jax.families import diagonal_gaussian, inverse_autoregressive_flow
+from vi_jax.families.flows import MAX_LOG_SCALE
+from vi_jax.families.iaf import made, made_masks
 from vi_jax.local import LocalFitConfig, make_local_fit, tile_rows
 
 LOG_TOL = 1e-4

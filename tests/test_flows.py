@@ -14,8 +14,8 @@ from jax.flatten_util import ravel_pytree
 
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import make_elbo, make_iwae
-from vi_jax.families import diagonal_gaussian
-from vi_jax.flows import MAX_LOG_SCALE, coupling_flow
+from vi_jax.families import coupling_flow, diagonal_gaussian
+from vi_jax.families.flows import MAX_LOG_SCALE
 from vi_jax.local import LocalFitConfig, make_local_fit, tile_rows
 
 LOG_TOL = 1e-4
