@@ -5,25 +5,27 @@
     python -m experiments.gap --checkpoint runs/train_vae        # use a trained VAE instead of training one
     python -m experiments.gap --set protocol.ais_proposal=ffg    # also AIS from q*_FFG, ~40% longer
     python -m experiments.gap --set protocol.local_fit=accurate  # a named q* fit: reference (default), authors, accurate
+    python -m experiments.gap --set local_families=gaussian,flow,iaf  # also an IAF q* (any registered family)
 
 Trains an amortized VAE (or loads one), then on a seeded random subset of the training split
 and of the test split (or its first rows where GapConfig says so) computes per datapoint:
-L[q_phi] (encoder), L[q*_FFG] and L[q*_flow]
-(fitted per datapoint with Adam until the 100-step average ELBO stops improving for 10
-checks), log p(x) (IWAE K=5000 with the fitted q* as proposal, the larger over the two
-families: log_px_iwae; with protocol.ais_proposal set, also AIS from that proposal, log_px_ais
-(vi_jax.ais; 16 chains x 100 steps by default), and log p(x) is the larger of the two per
-datapoint, as in Cremer et al. 2018), and the semi-amortized ELBO after K refinement steps from
-the encoder's output. AIS is off by default: it adds about 40% to the run time. With it (16
-chains x 100 steps from q*_FFG), test split: log_px_iwae -16.11, log_px_ais -16.14, log p(x)
-(the larger per datapoint, AIS on 122 of 300 points) -16.08, HMC acceptance 0.75.
+L[q_phi] (encoder), L[q*] of each family in local_families (by default the diagonal Gaussian,
+labelled "ffg", and the coupling flow, "flow"; fitted per datapoint with Adam until the 100-step
+average ELBO stops improving for 10 checks), log p(x) (IWAE K=5000 with the fitted q* as
+proposal, the larger over the families: log_px_iwae; with protocol.ais_proposal set, also AIS
+from that proposal, log_px_ais (vi_jax.ais; 16 chains x 100 steps by default), and log p(x) is
+the larger of the two per datapoint, as in Cremer et al. 2018), and the semi-amortized ELBO
+after K refinement steps from the encoder's output. AIS is off by default: it adds about 40% to
+the run time. With it (16 chains x 100 steps from q*_FFG), test split: log_px_iwae -16.11,
+log_px_ais -16.14, log p(x) (the larger per datapoint, AIS on 122 of 300 points) -16.08, HMC
+acceptance 0.75.
 
 Writes into --workdir (each file atomically, gap.json last): gap.json (per split: n_eval and
 {"mean", "stderr"} of log_px, log_px_iwae (with AIS also log_px_ais, ais_acceptance_rate,
 ais_step_size and the count log_px_from_ais), rows (the row choice, n, the split's size, the
 subset key and the split's recorded order; the indices are gap_<split>.npz's rows),
-elbo_amortized, elbo_local_ffg, elbo_local_flow,
-inference_gap, approximation_gap_{ffg,flow}, amortization_gap_{ffg,flow}, semi_amortized curve; top level:
+elbo_amortized, and per local family label elbo_local_<label>, approximation_gap_<label>,
+amortization_gap_<label>; inference_gap, semi_amortized curve; top level:
 seed, local_fit_protocol (the named local fit that ran, or "custom"; its settings: config.protocol.local_fit),
 config, environment, wall seconds of each stage), gap.md (the same as tables),
 gap_bars.png, local_vs_amortized.png, refinement.png, gap_<split>.npz (per-datapoint arrays),
@@ -47,17 +49,25 @@ import numpy as np
 
 from vi_jax import io, plotting, provenance, rundir
 from vi_jax.config import Rule, check_fields, count, one_of
-from vi_jax.flows import coupling_flow
+from vi_jax.families import FAMILIES, VariationalFamily, family_options, get_family
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
 from ._common import ROW_CHOICES, Cli, FieldFlag, subset
 
 SPLITS = ("train", "test")
-QUANTITIES = ("log_px", "log_px_iwae", "elbo_amortized", "elbo_local_ffg", "elbo_local_flow",
-              "inference_gap", "approximation_gap_ffg", "amortization_gap_ffg", "approximation_gap_flow",
-              "amortization_gap_flow")
 AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with protocol.ais_proposal
+
+
+def gaps(labels) -> tuple[str, ...]:
+    """The inference gap, then the approximation and amortization gaps of each local family label."""
+    return ("inference_gap",
+            *(f"{gap}_{label}" for label in labels for gap in ("approximation_gap", "amortization_gap")))
+
+
+def quantities(labels) -> tuple[str, ...]:
+    """The reported quantities, for local families of these labels (in their order)."""
+    return ("log_px", "log_px_iwae", "elbo_amortized", *(f"elbo_local_{label}" for label in labels), *gaps(labels))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +87,18 @@ class GapConfig:
     rows: str = "random"  # which n_eval rows of every split: "random" or "first"
     train_rows: str = ""  # the training split's choice instead of `rows` ("": as `rows`)
     splits: tuple[str, ...] = SPLITS  # which splits to evaluate (each with the same keys as in a full run)
-    flow_layers: int = 4
+    # the families fitted per datapoint (q*), by registry name; results name each by its label
+    local_families: tuple[str, ...] = ("gaussian", "flow")
+    flow_layers: int = 4  # num_layers and hidden of every local family that has them (the flows)
     flow_hidden: int = 16
     protocol: GapProtocol = GapProtocol()
 
     RULES: ClassVar[dict[str, Rule]] = {"seed": count(0), "n_eval": count(1), "rows": one_of(ROW_CHOICES),
                                         "train_rows": one_of(ROW_CHOICES + ("",)),
+                                        "local_families": Rule(
+                                            lambda v: isinstance(v, tuple) and 0 < len(v) == len(set(v))
+                                            and all(name in FAMILIES for name in v),
+                                            f"a non-empty tuple of distinct family names from {tuple(FAMILIES)}"),
                                         "flow_layers": count(1), "flow_hidden": count(1)}
 
     def rows_of(self, split: str) -> str:
@@ -115,6 +131,15 @@ def choose_rows(config: GapConfig, dataset, splits: dict) -> dict:
             for name in config.splits}
 
 
+def build_local_families(config: GapConfig, latent_dim: int) -> dict[str, VariationalFamily]:
+    """{label: family} of config.local_families, built by the registry; flow_layers and
+    flow_hidden are the num_layers and hidden of the families that take them."""
+    flow_options = {"num_layers": config.flow_layers, "hidden": config.flow_hidden}
+    families = [get_family(name, latent_dim, **{k: v for k, v in flow_options.items() if k in family_options(name)})
+                for name in config.local_families]
+    return {family.label: family for family in families}
+
+
 def markdown(result: dict) -> str:
     protocol = result["config"]["protocol"]
     log_px = f"IWAE K={protocol['iwae_samples']} with the fitted q* (log_px_iwae)"
@@ -128,7 +153,7 @@ def markdown(result: dict) -> str:
     for split, r in result["splits"].items():
         lines += [f"## {split} split (n = {r['n_eval']})", "", "| quantity | mean | stderr |", "| --- | ---: | ---: |"]
         lines += [f"| {q} | {r[q]['mean']:.3f} | {r[q]['stderr']:.3f} |"
-                  for q in QUANTITIES + AIS_QUANTITIES if q in r]
+                  for q in quantities(r["local_fits"]) + AIS_QUANTITIES if q in r]
         if "log_px_from_ais" in r:
             lines += ["", f"log p(x) from AIS (AIS > IWAE) on {r['log_px_from_ais']} of {r['n_eval']} datapoints."]
         curve = r["semi_amortized"]
@@ -147,11 +172,12 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
     plt = plotting.plt
     fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4), squeeze=False)
     for ax, (split, r) in zip(axes[0], result["splits"].items()):
-        names = ["inference_gap", "approximation_gap_ffg", "amortization_gap_ffg",
-                 "approximation_gap_flow", "amortization_gap_flow"]
+        labels = list(r["local_fits"])
+        names = gaps(labels)
         ax.bar(range(len(names)), [r[n]["mean"] for n in names], yerr=[2 * r[n]["stderr"] for n in names],
-               color=["grey", "C0", "C1", "C0", "C1"], hatch=None)
-        ax.set_xticks(range(len(names)), ["inference", "approx\nFFG", "amort\nFFG", "approx\nflow", "amort\nflow"])
+               color=["grey"] + ["C0", "C1"] * len(labels), hatch=None)
+        ax.set_xticks(range(len(names)), ["inference", *(f"{gap}\n{label}" for label in labels
+                                                         for gap in ("approx", "amort"))])
         ax.set_ylabel("nats (± 2 s.e.)")
         ax.set_title(f"{split} (n = {r['n_eval']})")
     io.atomic_save_figure(fig, os.path.join(workdir, "gap_bars.png"))
@@ -159,8 +185,8 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
 
     fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4.5), squeeze=False)
     for ax, (split, a) in zip(axes[0], arrays.items()):
-        ax.scatter(a["elbo_amortized"], a["elbo_local_ffg"], s=6, label="q*_FFG")
-        ax.scatter(a["elbo_amortized"], a["elbo_local_flow"], s=6, label="q*_flow")
+        for label in result["splits"][split]["local_fits"]:
+            ax.scatter(a["elbo_amortized"], a[f"elbo_local_{label}"], s=6, label=f"q*_{label}")
         lo, hi = np.min(a["elbo_amortized"]), np.max(a["log_px"])
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
         ax.set_xlabel("L[q_phi] (encoder)")
@@ -171,13 +197,17 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
     plotting.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    # refinement moves q within the encoder's family: its target line is that family's q*, if fitted
+    labels = dict(zip(result["config"]["local_families"], next(iter(result["splits"].values()))["local_fits"]))
+    own = labels.get(result["vae_config"]["family"])
     for split, r in result["splits"].items():
         curve = r["semi_amortized"]
         ks = np.array(curve["k"])
         ax.errorbar(ks + 0.5, [e["mean"] for e in curve["elbo"]], yerr=[2 * e["stderr"] for e in curve["elbo"]],
                     marker="o", label=f"{split}: refined ELBO")
-        ax.axhline(r["elbo_local_ffg"]["mean"], ls="--", lw=1, color=ax.lines[-1].get_color(),
-                   label=f"{split}: L[q*_FFG]")
+        if own:
+            ax.axhline(r[f"elbo_local_{own}"]["mean"], ls="--", lw=1, color=ax.lines[-1].get_color(),
+                       label=f"{split}: L[q*_{own}]")
     ax.set_xscale("log")
     ax.set_xlabel("K + 0.5 (refinement steps)")
     ax.set_ylabel("ELBO (nats)")
@@ -209,8 +239,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         trained_here = True
     timings["vae"] = time.perf_counter() - start
 
-    local_families = {"ffg": vae.family,
-                      "flow": coupling_flow(vae_config.latent_dim, config.flow_layers, config.flow_hidden)}
+    local_families = build_local_families(config, vae_config.latent_dim)
     key = jax.random.PRNGKey(config.seed)
     result = {"splits": {}}
     arrays = {}
@@ -221,8 +250,8 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         amortized = vae.encode(params["encoder"], jnp.asarray(x))
         per_point, info = evaluate_gaps(jax.random.fold_in(split_key, 1), vae.model, params["decoder"],
                                         vae.family, amortized, local_families, x, config.protocol, log)
-        quantities = QUANTITIES + (AIS_QUANTITIES if config.protocol.ais_proposal else ())
-        summary = summarize({q: per_point[q] for q in quantities})
+        reported = quantities(local_families) + (AIS_QUANTITIES if config.protocol.ais_proposal else ())
+        summary = summarize({q: per_point[q] for q in reported})
         if config.protocol.ais_proposal:
             summary["log_px_from_ais"] = int(np.sum(per_point["log_px_ais"] > per_point["log_px_iwae"]))
         summary["n_eval"] = len(rows)

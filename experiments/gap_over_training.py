@@ -40,7 +40,7 @@ import numpy as np
 
 from vi_jax import plotting, rundir
 from vi_jax.config import Rule, check_fields, count
-from vi_jax.flows import coupling_flow
+from vi_jax.families import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae

@@ -157,6 +157,10 @@ def test_bad_gap_override_is_refused_while_parsing(assignment, match):
     pytest.param("seed=-1", "GapConfig.seed must be an integer >= 0, got -1", id="negative-seed"),
     pytest.param("rows=last", "GapConfig.rows must be one of ('random', 'first'), got 'last'", id="rows"),
     pytest.param("flow_layers=0", "GapConfig.flow_layers must be an integer >= 1", id="flow-layers"),
+    pytest.param("local_families=gaussian,student", "GapConfig.local_families must be a non-empty tuple of "
+                 "distinct family names", id="unknown-local-family"),
+    pytest.param("local_families=flow,flow", "GapConfig.local_families must be a non-empty tuple of distinct",
+                 id="repeated-local-family"),
     pytest.param("protocol.elbo_samples=0", "GapProtocol.elbo_samples must be an integer >= 1", id="elbo-samples"),
 ])
 def test_bad_gap_config_is_refused_before_any_compute(assignment, match, monkeypatch, tmp_path):

@@ -35,7 +35,7 @@ def test_gap_quick_end_to_end(tmp_path):
     for split in ("train", "test"):
         r = result["splits"][split]
         assert r["n_eval"] == 20
-        for q in gap.QUANTITIES:
+        for q in gap.quantities(["ffg", "flow"]):
             assert set(r[q]) == {"mean", "stderr"}
         # the decomposition adds up exactly in the report
         for family in ("ffg", "flow"):
@@ -64,6 +64,26 @@ def test_gap_quick_end_to_end(tmp_path):
     assert numbers(again) == {"test": numbers(result)["test"]}
     with pytest.raises(ValueError, match="splits must be"):
         run(tmp_path / "c", "--set", "splits=valid")
+
+
+def test_local_families_come_from_the_config_and_are_named_by_their_labels():
+    """Default: the diagonal Gaussian and the coupling flow, keys "ffg" and "flow" (the result keys
+    of every earlier run); any registered families otherwise, flow_layers/flow_hidden reaching
+    the families that take them, and the quantities named by the labels."""
+    default = gap.build_local_families(gap.GapConfig(), 3)
+    assert list(default) == ["ffg", "flow"]
+    assert [f.name for f in default.values()] == ["gaussian", "flow"] and len(default["flow"].init()["flow"]) == 4
+    assert gap.quantities(default) == (
+        "log_px", "log_px_iwae", "elbo_amortized", "elbo_local_ffg", "elbo_local_flow", "inference_gap",
+        "approximation_gap_ffg", "amortization_gap_ffg", "approximation_gap_flow", "amortization_gap_flow")
+    config = apply_overrides(gap.GapConfig(), ["local_families=full_gaussian,iaf,mixture", "flow_layers=2"])
+    config.validate()
+    families = gap.build_local_families(config, 3)
+    assert list(families) == ["full_cov", "iaf", "mixture"] and len(families["iaf"].init()["flow"]) == 2
+    assert gap.quantities(families) == (
+        "log_px", "log_px_iwae", "elbo_amortized", "elbo_local_full_cov", "elbo_local_iaf", "elbo_local_mixture",
+        "inference_gap", "approximation_gap_full_cov", "amortization_gap_full_cov", "approximation_gap_iaf",
+        "amortization_gap_iaf", "approximation_gap_mixture", "amortization_gap_mixture")
 
 
 # ---------------------------------------------------------------- which rows are evaluated

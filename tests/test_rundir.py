@@ -129,7 +129,7 @@ TAMPER = {
     "missing": (lambda w: os.unlink(os.path.join(w, "a.json")), r"a\.json: listed in MANIFEST.json but missing"),
     "extra": (lambda w: open(os.path.join(w, "manifold.png"), "w").write("x"), r"manifold\.png: not in MANIFEST"),
     "no_manifest": (lambda w: os.unlink(os.path.join(w, "MANIFEST.json")), r"missing, so .* holds no finished run.*"
-                                                                           r"python -m vi_jax.rundir adopt"),
+                                                                           r"python -m experiments.workdir adopt"),
     "bad_manifest": (lambda w: open(os.path.join(w, "MANIFEST.json"), "w").write("{"), "MANIFEST.json: not valid JSON"),
 }
 

@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from experiments import train_vae
+from experiments import workdir as workdir_cli
 from vi_jax.metrics import read_metrics
-from vi_jax import io, rundir
+from vi_jax import io
 from vi_jax.rundir import RunDirError
 from vi_jax.vae import load_trained_vae
 
@@ -125,9 +126,9 @@ def test_loader_refuses_a_mixed_or_damaged_set_naming_the_file(finished_runs, tm
 def test_an_older_versions_finished_workdir_is_adopted_after_checking(finished_runs, tmp_path, capsys):
     workdir = copy_of(finished_runs, tmp_path)
     os.unlink(os.path.join(workdir, "MANIFEST.json"))  # as an older version leaves it
-    with pytest.raises(RunDirError, match=r"python -m vi_jax\.rundir adopt"):
+    with pytest.raises(RunDirError, match=r"python -m experiments\.workdir adopt"):
         load_trained_vae(workdir)
-    rundir.main(["adopt", workdir])
+    workdir_cli.main(["adopt", workdir])
     assert "adopted run, 8 files verified" in capsys.readouterr().out
     assert load_trained_vae(workdir)[0].seed == 0
 
@@ -151,6 +152,6 @@ def test_adopt_refuses_an_older_versions_mixed_workdir(finished_runs, tmp_path, 
     tamper, message = LEGACY_MIXED[case]
     tamper(workdir, str(finished_runs / "1"))
     with pytest.raises(SystemExit):
-        rundir.main(["adopt", workdir])
+        workdir_cli.main(["adopt", workdir])
     assert re.search(message, capsys.readouterr().err)
     assert not os.path.exists(os.path.join(workdir, "MANIFEST.json"))

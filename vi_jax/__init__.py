@@ -2,10 +2,10 @@
 
 Modules:
   distributions  prior, observation models (likelihoods), sampling helper
-  families       variational families q(z) (diagonal and full-covariance Gaussian, mixture of
-                 diagonal Gaussians; get_family also gives "flow", "iaf")
-  flows          coupling-flow family (distrax MaskedCoupling) and helpers shared by flow families
-  autoregressive inverse autoregressive flow family (MADE conditioners, our distrax bijector)
+  families/      variational families q(z) and their registry (get_family): diagonal and
+                 full-covariance Gaussian, mixture of diagonal Gaussians, coupling flow (distrax
+                 MaskedCoupling), inverse autoregressive flow (MADE conditioners, our bijector)
+  array_types    the Array, Params and PRNGKey annotations shared by the modules
   models         latent-variable models p(x, z) = p(x|z; theta) p(z)
   networks       Flax MLP encoder / decoder
   elbo           per-datapoint ELBO (reparameterized, STL or score-function gradients; stratified

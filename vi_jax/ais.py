@@ -23,22 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, NamedTuple, Optional
+from typing import Callable, ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.mcmc import hmc
 
+from vi_jax.array_types import Array, Params
 from vi_jax.config import Rule, check_fields, count, one_of, real
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import IWAE_CHUNK_SIZE, IwaeTerms, log_mean_weight_stderr, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import tile_rows
 from vi_jax.models import LatentVariableModel
-
-Array = jax.Array
-Params = Any
 
 SCHEDULES = ("sigmoid", "linear")
 SIGMOID_SHARPNESS = 4.0  # delta of the sigmoid schedule (Grosse et al. 2013; Wu et al. 2017)

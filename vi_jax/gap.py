@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +22,13 @@ import numpy as np
 import optax
 
 from vi_jax.ais import AisConfig, make_ais
+from vi_jax.array_types import Array, Params, PRNGKey
 from vi_jax.config import Rule, check_fields, count, counts, one_of, real
 from vi_jax.elbo import IWAE_CHUNK_SIZE, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import LocalFitConfig, make_local_fit, make_refine, tile_rows
 from vi_jax.models import LatentVariableModel
 from vi_jax.vae import mean_and_stderr
-
-Array = jax.Array
-Params = Any
 
 LOCAL_INITS = ("encoder", "prior")
 
@@ -68,7 +66,7 @@ class GapProtocol:
             self.ais.validate()
 
 
-def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
+def evaluate_gaps(key: PRNGKey, model: LatentVariableModel, theta: Params,
                   amortized_family: VariationalFamily, amortized_table: Optional[Params],
                   local_families: dict[str, VariationalFamily], data: Array,
                   protocol: GapProtocol = GapProtocol(),
@@ -79,7 +77,8 @@ def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
     None when there is no such q (a decoder trained without an encoder, on held-out data):
     then only log p(x), the local ELBOs and the approximation gaps are computed, and the local
     fits must start from the prior.
-    local_families: name -> family fitted per datapoint (e.g. {"ffg": ..., "flow": ...}).
+    local_families: {name: family fitted per datapoint}, the names used in the arrays' names
+      (experiments.gap uses each family's label: {"ffg": diagonal_gaussian(d), "flow": coupling_flow(d)}).
     Returns (arrays, info): arrays of shape [N] named elbo_amortized, elbo_local_<name>,
     iwae_<name> and iwae_stderr_<name> (log p(x) with q*_<name>), log_px_iwae and
     log_px_iwae_stderr (the largest IWAE estimate), with protocol.ais_proposal also log_px_ais,
@@ -107,12 +106,13 @@ def evaluate_gaps(key: Array, model: LatentVariableModel, theta: Params,
     elbo_jits = {}
 
     def elbo_of(family, table, k):
-        """Per-datapoint ELBO with protocol.elbo_samples draws (one compiled function per family)."""
-        if family.name not in elbo_jits:
+        """Per-datapoint ELBO with protocol.elbo_samples draws (one compiled function per family:
+        keyed by the family itself, as two families of one name may differ in their options)."""
+        if family not in elbo_jits:
             fn = make_elbo(model, family, num_samples=protocol.elbo_samples, kl=family.kl_form)
             rows = elbo_rows_per_step(protocol.elbo_samples, protocol.batch_size)
-            elbo_jits[family.name] = jax.jit(lambda k, th, t, x: map_datapoints(fn, k, th, t, x, rows).elbo)
-        return np.asarray(elbo_jits[family.name](k, theta, table, data))
+            elbo_jits[family] = jax.jit(lambda k, th, t, x: map_datapoints(fn, k, th, t, x, rows).elbo)
+        return np.asarray(elbo_jits[family](k, theta, table, data))
 
     if amortized_table is None and protocol.local_init == "encoder":
         raise ValueError("local_init='encoder' needs an amortized_table; use local_init='prior'")

@@ -10,7 +10,7 @@ gap is zero and log p(x) - L(x; q) = KL(q || p(z|x)) measures only how far q is 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -18,14 +18,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vi_jax.array_types import Array, Params
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import ElboTerms
 from vi_jax.estimators import score_function_surrogate
 from vi_jax.local import row_optimizer, take_rows, tile_rows
 from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step
-
-Array = jax.Array
-Params = Any
 
 ESTIMATORS = ("enumeration", "score_function")
 

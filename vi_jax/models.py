@@ -5,17 +5,14 @@ every estimator and optimiser in the library runs on any of them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import distrax
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from vi_jax.array_types import Array, Params
 from vi_jax.distributions import Likelihood, standard_normal
-
-Array = jax.Array
-Params = Any
 
 
 class LatentVariableModel(NamedTuple):

@@ -27,8 +27,8 @@ mixed in), each with an error naming the file.
 A workdir written before manifests existed (a finished run of an older version) is made
 loadable by checking it and writing an "adopted" manifest:
 
-    python -m vi_jax.rundir adopt runs/cremer_ffg     # checks, then writes MANIFEST.json
-    python -m vi_jax.rundir verify runs/cremer_ffg    # checks a workdir against its manifest
+    python -m experiments.workdir adopt runs/cremer_ffg     # checks, then writes MANIFEST.json
+    python -m experiments.workdir verify runs/cremer_ffg    # checks a workdir against its manifest
 """
 from __future__ import annotations
 
@@ -350,7 +350,7 @@ def verify(workdir: str) -> dict:
         raise RunDirError(
             f"{path}: missing, so {workdir} holds no finished run: it was interrupted, is still running, or was "
             "written by an older version before manifests. If it is an older version's finished run, check it "
-            f"and write its manifest with `python -m vi_jax.rundir adopt {workdir}`")
+            f"and write its manifest with `python -m experiments.workdir adopt {workdir}`")
     manifest = io.read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
         raise RunDirError(f"{path}: not a {FORMAT} manifest")
@@ -405,24 +405,3 @@ def adopt(workdir: str, check: Optional[Callable[[str], Any]] = None) -> dict:
     finally:
         lock.release()
     return verify(workdir)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("verify", "adopt"))
-    parser.add_argument("workdir")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "verify":
-            manifest = verify(args.workdir)
-        else:
-            from vi_jax.vae import check_legacy_workdir  # the checks know the VAE's files
-
-            manifest = adopt(args.workdir, check_legacy_workdir)
-    except (OSError, ValueError) as err:  # the message names the file; a traceback adds nothing
-        parser.exit(1, f"{err}\n")
-    print(f"{args.workdir}: {manifest['status']} run, {len(manifest['files'])} files verified")
-
-
-if __name__ == "__main__":
-    main()

@@ -380,7 +380,7 @@ def check_legacy_workdir(workdir: str) -> None:
     manifest): metrics.json and params.msgpack load as a model; the file such a run writes last
     (reproduce.md for reproduce, else metrics.json) exists and no result file is newer; with
     checkpoints, the newest is of the final epoch and holds exactly these parameters. The check
-    behind `python -m vi_jax.rundir adopt`."""
+    behind `python -m experiments.workdir adopt`."""
     config, vae, params = load_trained_vae(workdir, verify=False)
     metrics_path, params_path = os.path.join(workdir, "metrics.json"), os.path.join(workdir, "params.msgpack")
     saved = io.read_json(metrics_path)

@@ -6,18 +6,14 @@ E[x | z; theta] (for a Bernoulli decoder: pixel probabilities), not a draw x ~ p
 """
 from __future__ import annotations
 
-from typing import Any
-
 import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
+from vi_jax.array_types import Array, Params
 from vi_jax.models import LatentVariableModel
-
-Array = jax.Array
-Params = Any
 
 
 def decode_means(model: LatentVariableModel, theta: Params, z: Array) -> Array:

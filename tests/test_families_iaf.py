@@ -1,8 +1,9 @@
 """Inverse autoregressive flow: the MADE's autoregressive property and the IAF layer's inverse and
-log-determinants against jax.jacfwd, log q by the change of variables, the identity init,
-parameter plumbing, and a local fit against the linear-Gaussian oracle's exact log p(x).
+log-determinants against jax.jacfwd, log q by the change of variables, the parameter count, bad
+settings, and a local fit against the linear-Gaussian oracle's exact log p(x) (what every family
+must do is checked in test_families.py).
 
-LOG_TOL as in test_flows: log-densities of order 1-10 along two float32 paths (forward vs
+LOG_TOL as in test_families_coupling: log-densities of order 1-10 along two float32 paths (forward vs
 inverse pass, an autodiff Jacobian vs the layers' own log-dets) agree to ~1e-5; 1e-4 leaves a
 factor 10, and the log-dets a bug would drop or flip exceed it by >1000x here.
 """
@@ -10,14 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from vi_jax import oracles
-from vi_jax.autoregressive import made, made_masks, inverse_autoregressive_flow
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import make_elbo
-from vi_jax.families import diagonal_gaussian
-from vi_jax.flows import MAX_LOG_SCALE
+from vi_jax.families import inverse_autoregressive_flow
+from vi_jax.families.flows import MAX_LOG_SCALE
+from vi_jax.families.iaf import made, made_masks
 from vi_jax.local import LocalFitConfig, make_local_fit, tile_rows
 
 LOG_TOL = 1e-4
@@ -136,42 +136,11 @@ def test_log_prob_is_the_change_of_variables(q4):
     np.testing.assert_allclose(log_q_draw, log_q, atol=LOG_TOL)
 
 
-def test_init_and_from_gaussian_are_exact_under_vmap():
-    """3-row tables: init() is N(0, I) and from_gaussian(g) is N(g), in density and in draws."""
-    gaussian = diagonal_gaussian(4)
-    k_mean, k_scale, k_z, k_draw = jax.random.split(jax.random.PRNGKey(11), 4)
-    g_table = {"mean": jax.random.normal(k_mean, (3, 4)), "log_scale": 0.5 * jax.random.normal(k_scale, (3, 4))}
-    z = 2.0 * jax.random.normal(k_z, (3, 4))
-
-    @jax.jit
-    def log_probs_and_draws(g_table):
-        def per_row(fam, table):
-            lp = jax.vmap(lambda p, z_i: fam.distribution(p).log_prob(z_i))(table, z)
-            return lp, jax.vmap(lambda p: sample_and_log_prob(fam.distribution(p), k_draw))(table)
-
-        return (per_row(FAMILY, jax.vmap(lambda _: FAMILY.init())(jnp.arange(3))),
-                per_row(FAMILY, jax.vmap(FAMILY.from_gaussian)(g_table)), per_row(gaussian, g_table))
-
-    (init_lp, _), (flow_lp, flow_draws), (gauss_lp, gauss_draws) = log_probs_and_draws(g_table)
-    log_prior = -0.5 * np.sum(np.square(z), axis=1) - 2.0 * np.log(2 * np.pi)
-    np.testing.assert_allclose(init_lp, log_prior, rtol=1e-6)
-    np.testing.assert_allclose(flow_lp, gauss_lp, rtol=1e-6)
-    for flow_out, gauss_out in zip(flow_draws, gauss_draws):
-        np.testing.assert_allclose(flow_out, gauss_out, rtol=1e-6)
-
-
 @pytest.mark.parametrize("latent_dim,num_layers,hidden", [(2, 4, 16), (4, 3, 5), (8, 4, 16), (20, 2, 7)])
 def test_num_params(latent_dim, num_layers, hidden):
     family = inverse_autoregressive_flow(latent_dim, num_layers, hidden)
     assert family.num_params == expected_num_params(latent_dim, num_layers, hidden)
     assert sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(family.init))) == family.num_params
-
-
-def test_unflatten_round_trips():
-    params = perturbed(FAMILY, 0)
-    flat, _ = ravel_pytree(params)
-    assert flat.shape == (FAMILY.num_params,)
-    jax.tree.map(np.testing.assert_array_equal, jax.jit(FAMILY.unflatten)(flat), params)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -19,9 +19,9 @@ deg(i) <= m_k < deg(j)). The weight matrices hold only their unmasked entries (a
 would be a parameter with zero gradient forever), placed by the masks. Layers alternate the
 order 1..d and d..1, which is reversing the dimensions between layers (Kingma et al. 2016).
 
-Like vi_jax.flows.coupling_flow (whose helpers it shares: the base, the parameter pytree, the
-1/H output scaling and the soft-clipped log-scales), every parameter lives in one per-datapoint
-pytree {"base": {"mean", "log_scale"}, "flow": [layer 1, ..., layer L]}.
+Like the coupling flow, it is built by vi_jax.families.flows.flow_family and shares its helpers
+(the base, the parameter pytree, the 1/H output scaling and the soft-clipped log-scales): every
+parameter lives in one per-datapoint pytree {"base": {"mean", "log_scale"}, "flow": [layer 1, ..., layer L]}.
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax.families import Params, VariationalFamily
-from vi_jax.flows import affine_head, fixed_normal, flow_family
+from vi_jax.array_types import Array, Params
+from vi_jax.families.flows import affine_head, fixed_normal, flow_family
+from vi_jax.families.interface import VariationalFamily
 
-Array = jax.Array
 Conditioner = Callable[[Array], tuple[Array, Array]]
 
 
@@ -136,4 +136,4 @@ def inverse_autoregressive_flow(latent_dim: int, num_layers: int = 4, hidden: in
     def bijectors(flow: list[Params]) -> list[distrax.Bijector]:
         return [InverseAutoregressiveAffine(made(layer, m), latent_dim) for layer, m in zip(flow, masks)]
 
-    return flow_family("iaf", latent_dim, identity_flow, bijectors)
+    return flow_family("iaf", "iaf", latent_dim, identity_flow, bijectors)

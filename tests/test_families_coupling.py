@@ -1,5 +1,6 @@
 """Coupling-flow family: change of variables against a brute-force Jacobian, normalisation and
-moments by quadrature, the identity init, parameter plumbing, and use in the ELBO / local fits.
+moments by quadrature, the parameter count, and use in the ELBO / local fits (what every
+family must do is checked in test_families.py, what every flow does in test_families_flows.py).
 
 LOG_TOL: log-densities of order 1-10 computed along two different float32 paths (forward vs
 inverse pass, or an autodiff Jacobian vs the layers' own log-dets) are each a few dozen
@@ -10,12 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from vi_jax.distributions import sample_and_log_prob
 from vi_jax.elbo import make_elbo, make_iwae
-from vi_jax.families import diagonal_gaussian
-from vi_jax.flows import MAX_LOG_SCALE, coupling_flow
+from vi_jax.families import coupling_flow, diagonal_gaussian
+from vi_jax.families.flows import MAX_LOG_SCALE
 from vi_jax.local import LocalFitConfig, make_local_fit, tile_rows
 
 LOG_TOL = 1e-4
@@ -164,53 +164,11 @@ def test_samples_agree_with_the_density(q2, grid, draws):
         assert abs(on_draws.mean() - exact) <= tol, (on_draws.mean(), exact, tol)
 
 
-def test_init_and_from_gaussian_are_exact_under_vmap():
-    """3-row tables: init() is N(0, I), from_gaussian(g) is N(g), in density and in draws."""
-    family, gaussian = coupling_flow(3), diagonal_gaussian(3)
-    k_mean, k_scale, k_z, k_draw = jax.random.split(jax.random.PRNGKey(11), 4)
-    g_table = {"mean": jax.random.normal(k_mean, (3, 3)), "log_scale": 0.5 * jax.random.normal(k_scale, (3, 3))}
-    z = 2.0 * jax.random.normal(k_z, (3, 3))
-
-    @jax.jit
-    def tables_log_probs_and_draws(g_table):
-        init_table = jax.vmap(lambda _: family.init())(jnp.arange(3))
-        flow_table = jax.vmap(family.from_gaussian)(g_table)
-
-        def per_row(fam, table):
-            lp = jax.vmap(lambda p, z_i: fam.distribution(p).log_prob(z_i))(table, z)
-            return lp, jax.vmap(lambda p: sample_and_log_prob(fam.distribution(p), k_draw))(table)
-
-        return (init_table, flow_table, per_row(family, init_table), per_row(family, flow_table),
-                per_row(gaussian, g_table))
-
-    init_table, flow_table, (init_lp, _), (flow_lp, flow_draws), (gauss_lp, gauss_draws) = \
-        tables_log_probs_and_draws(g_table)
-    assert all(leaf.shape[0] == 3 for leaf in jax.tree.leaves((init_table, flow_table)))
-    for layer in init_table["flow"] + flow_table["flow"]:
-        w_hidden = np.asarray(layer["w_hidden"])
-        assert np.all(w_hidden != 0) and np.all(w_hidden == w_hidden[:1])  # fixed, shared by rows
-    log_prior = -0.5 * np.sum(np.square(z), axis=1) - 1.5 * np.log(2 * np.pi)
-    np.testing.assert_allclose(init_lp, log_prior, rtol=1e-6)
-    np.testing.assert_allclose(flow_lp, gauss_lp, rtol=1e-6)
-    for flow_out, gauss_out in zip(flow_draws, gauss_draws):
-        np.testing.assert_allclose(flow_out, gauss_out, rtol=1e-6)
-
-
 @pytest.mark.parametrize("latent_dim,num_layers,hidden", [(2, 4, 16), (3, 3, 5), (8, 4, 16), (50, 4, 16)])
 def test_num_params(latent_dim, num_layers, hidden):
     family = coupling_flow(latent_dim, num_layers, hidden)
     assert family.num_params == expected_num_params(latent_dim, num_layers, hidden)
     assert sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(family.init))) == family.num_params
-
-
-def test_unflatten_round_trips():
-    family = coupling_flow(2)
-    params = perturbed(family, 0)
-    flat, _ = ravel_pytree(params)
-    assert flat.shape == (family.num_params,)
-    jax.tree.map(np.testing.assert_array_equal, jax.jit(family.unflatten)(flat), params)
-    table = jax.jit(jax.vmap(family.unflatten))(jnp.stack([flat, 2 * flat]))  # an encoder's [N, P] output
-    jax.tree.map(lambda t, p: np.testing.assert_array_equal(t[1], 2 * p), table, params)
 
 
 @pytest.fixture(scope="module")
