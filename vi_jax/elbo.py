@@ -65,9 +65,9 @@ def check_count(name: str, value) -> None:
 def map_draws(f: Callable[[Array], Array], z: Array) -> Array:
     """[f(z_1), ..., f(z_M)] over the leading draw axis of z.
 
-    One draw is evaluated without vmap. A size-1 draw axis inside the vmap over a batch makes
-    XLA's CPU layout assignment transpose the decoder's gradients through (B, 1, D) arrays: the
-    amortized training step of the speed benchmark ran 5% slower with it (BENCHMARKS.md).
+    One draw is evaluated without vmap: inside the vmap over a batch, a size-1 draw axis makes
+    XLA's CPU layout assignment transpose the decoder's gradients through (B, 1, D) copies
+    (measured: BENCHMARKS.md, "Measurements behind the code").
     """
     if z.shape[0] == 1:
         return f(z[0])[None]
@@ -127,9 +127,8 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
 
 # Draws vmapped per step when many-draw ELBOs are evaluated over rows (map_datapoints). As for
 # the IWAE's chunk below, the decoder's outputs for rows x draws are written and read back by the
-# log-density, so a step should fit in cache. 784-pixel decoder 50-200-200, one CPU core, rows/s
-# at 100 rows per step against rows at <= 500 draws per step: 1000 draws 83 vs 139 (1 row),
-# 200 draws 488 vs 685 (2 rows), 100 draws 951 vs 1438 (5 rows).
+# log-density, so a step should fit in cache
+# (measured: BENCHMARKS.md, "Measurements behind the code").
 ELBO_DRAWS_PER_STEP = 500
 
 
@@ -140,8 +139,8 @@ def elbo_rows_per_step(num_samples: int, max_rows: int) -> int:
 
 
 # Draws per scan step of make_iwae. The decoder's outputs for rows x chunk draws are written and
-# read back by the log-density, so they should fit in cache: at the evaluation's 100 rows, chunk
-# 10 ran 22.0 datapoints/s against 17.3 for chunk 100 (K = 5000, 784-pixel decoder, one CPU core).
+# read back by the log-density, so at the evaluation's 100 rows they should fit in cache
+# (measured: BENCHMARKS.md, "Measurements behind the code").
 IWAE_CHUNK_SIZE = 10
 
 
