@@ -83,13 +83,10 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
     which makes the estimate the entropy form E_q[log p(x|z) + log p(z) - log q(z)] and works
     for any family.
 
-    estimator: a name in vi_jax.estimators.ESTIMATORS, how the returned value's gradient w.r.t.
-    q's parameters lambda estimates grad_lambda L: "reparam" (pathwise), "stl" (sticking the
-    landing, kl="mc") or "score_function" (REINFORCE with a leave-one-out baseline, M >= 2).
-    Every one is unbiased and leaves the value, the ELBO estimate, unchanged; each expectation
-    E_q f above (f = log p(x|z), and log p(z) - log q(z) for kl="mc") is the estimator's
-    estimate of f at its draws. A mixture family (family.components set) is stratified over its
-    components by "reparam" and "stl" (vi_jax.estimators.pathwise_draws).
+    estimator: a name in vi_jax.estimators.ESTIMATORS, which says how the returned value's
+    gradient w.r.t. q's parameters lambda estimates grad_lambda L. Each expectation E_q f above
+    (f = log p(x|z), and log p(z) - log q(z) for kl="mc") is the estimator's estimate of f at its
+    draws; every registered estimator is unbiased and leaves the value, the ELBO estimate, unchanged.
     """
     check_count("num_samples", num_samples)
     if kl not in KL_FORMS:

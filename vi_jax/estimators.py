@@ -76,7 +76,8 @@ def pathwise_draws(family: VariationalFamily, q: distrax.Distribution, q_params:
     A mixture family is stratified over its K components, because a draw of the mixture gives
     its weights no gradient:
         E_q f = sum_k pi_k E_{q_k} f  ~  sum_k pi_k (1/M) sum_m f(z_km),  z_km ~ q_k,
-    with log q the full mixture density; the weights pi_k carry the gradient to the logits."""
+    M draws from each component (K M likelihood evaluations), with log q the full mixture
+    density; the weights pi_k carry the gradient to the logits."""
     if family.components is None:
         return Draws(*_sample(q, keys))
     z, pi = _component_draws(family, q_params, keys)
@@ -100,7 +101,8 @@ def sticking_the_landing_draws(family: VariationalFamily, q: distrax.Distributio
 
 def score_function_draws(family: VariationalFamily, q: distrax.Distribution, q_params: Params,
                          keys: Array) -> Draws:
-    """Draws of q itself (a mixture too) that carry no gradient; log q(z_m) carries it."""
+    """Draws of q itself (a mixture too) that carry no gradient, so q need not be
+    reparameterizable; log q(z_m) carries it."""
     z = jax.lax.stop_gradient(_sample(q, keys)[0])
     return Draws(z, jax.vmap(q.log_prob)(z))
 
