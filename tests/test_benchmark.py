@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from experiments import benchmark
+from experiments.benchmark import check, harness, results, suite, workers
+from experiments.benchmark.report import check_markdown
 
 ENV = {"backend": "cpu", "devices": ["cpu:cpu"], "versions": {"jax": "0.10.2", "jaxlib": "0.10.2"}}
 
@@ -24,48 +25,48 @@ def figures(log_px=-30.0, gap=2.0, gap_se=0.1, n_eval=300):
 
 
 def test_registry_has_the_named_benchmarks():
-    results = {"gap", "oracle_gap", "compare_training"}
+    result_names = {"gap", "oracle_gap", "compare_training"}
     speed = {"amortized_training", "local_fit", "local_fit_early_stop", "iwae", "scaling_local_fit",
              "scaling_iwae"}
-    assert results | speed <= set(benchmark.REGISTRY)
-    for name in results:
-        assert benchmark.REGISTRY[name].kind == "result"
+    assert result_names | speed <= set(suite.REGISTRY)
+    for name in result_names:
+        assert suite.REGISTRY[name].kind == "result"
     for name in speed:
-        assert benchmark.REGISTRY[name].kind == "speed"
-    assert [b.name for b in benchmark.select("iwae,gap")] == ["iwae", "gap"]
+        assert suite.REGISTRY[name].kind == "speed"
+    assert [b.name for b in suite.select("iwae,gap")] == ["iwae", "gap"]
     with pytest.raises(SystemExit, match="unknown benchmark"):
-        benchmark.select("no_such_benchmark")
+        suite.select("no_such_benchmark")
 
 
 def test_oracle_benchmark_skips_clearly_when_the_module_is_absent(monkeypatch, tmp_path):
-    monkeypatch.setattr(benchmark, "oracle_available", lambda: False)
-    out = benchmark.bench_oracle_gap(benchmark.Context(workdir=str(tmp_path)))
+    monkeypatch.setattr(results, "oracle_available", lambda: False)
+    out = results.bench_oracle_gap(harness.Context(workdir=str(tmp_path)))
     assert "not available" in out["skipped"]
 
 
 def test_flatten_figures_skips_timings_and_provenance():
-    flat = benchmark.flatten_figures(figures())
+    flat = check.flatten_figures(figures())
     assert flat["splits/train/log_px"] == (-30.0, 0.5)
     assert flat["splits/train/semi_amortized/elbo[1]"] == (-32.5, 0.4)
     assert flat["splits/train/n_eval"] == (300.0, None)
     assert not any(path.startswith("wall_seconds") for path in flat)
     oracle = {"models": {"m": {"rows": {"log_px": {"exact": -22.9, "estimate": -22.91, "difference": -0.01,
                                                    "stderr": 0.005, "z": -2.0}}}}}
-    assert benchmark.flatten_figures(oracle) == {"models/m/rows/log_px": (-22.91, 0.005),
+    assert check.flatten_figures(oracle) == {"models/m/rows/log_px": (-22.91, 0.005),
                                                  "models/m/rows/log_px/exact": (-22.9, None)}
 
 
 def test_check_identical_conditions_require_bit_equality():
     ref = {"gap": result_bench(figures())}
-    same = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures())})
+    same = check.compare_benchmarks(ref, {"gap": result_bench(figures())})
     assert same["ok"] and same["benchmarks"]["gap"]["mode"] == "identical"
-    assert same["benchmarks"]["gap"]["counts"]["unchanged"] == len(benchmark.flatten_figures(figures()))
+    assert same["benchmarks"]["gap"]["counts"]["unchanged"] == len(check.flatten_figures(figures()))
     # a change far inside the standard error still counts as a move when backend and seed match
-    tiny = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(log_px=-30.0 + 1e-6))})
+    tiny = check.compare_benchmarks(ref, {"gap": result_bench(figures(log_px=-30.0 + 1e-6))})
     assert not tiny["ok"]
     assert tiny["benchmarks"]["gap"]["moved"] == ["splits/train/log_px"]
     # so does a changed count
-    count = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(n_eval=299))})
+    count = check.compare_benchmarks(ref, {"gap": result_bench(figures(n_eval=299))})
     assert count["benchmarks"]["gap"]["moved"] == ["splits/train/n_eval"]
 
 
@@ -73,20 +74,20 @@ def test_check_different_backend_uses_combined_standard_errors():
     ref = {"gap": result_bench(figures())}
     gpu = dict(ENV, backend="gpu", devices=["gpu:H100"])
     # 2 combined standard errors of the gap: 2 * sqrt(0.1^2 + 0.1^2) = 0.283
-    within = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), env=gpu)})
+    within = check.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), env=gpu)})
     report = within["benchmarks"]["gap"]
     assert within["ok"] and report["differs"] == ["backend", "devices"]
     assert report["counts"]["unchecked"] == 3  # n_eval and the two k: counts have no standard error
-    moved = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.35), env=gpu)})
+    moved = check.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.35), env=gpu)})
     assert not moved["ok"] and moved["benchmarks"]["gap"]["moved"] == ["splits/train/inference_gap"]
     row = next(r for r in moved["benchmarks"]["gap"]["rows"] if r["path"] == "splits/train/inference_gap")
     assert row["tolerance"] == pytest.approx(2 * 2 ** 0.5 * 0.1)
     # a wider tolerance accepts it; a different seed alone also switches to the statistical rule
-    assert benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.35), env=gpu)}, sigmas=3)["ok"]
-    seed = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), seed=1)})
+    assert check.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.35), env=gpu)}, sigmas=3)["ok"]
+    seed = check.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), seed=1)})
     assert seed["ok"] and seed["benchmarks"]["gap"]["differs"] == ["seed"]
     # so does another number of usable cores (the local fit's blocks depend on it)
-    cores = benchmark.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), env=dict(ENV, usable_cores=8))})
+    cores = check.compare_benchmarks(ref, {"gap": result_bench(figures(gap=2.25), env=dict(ENV, usable_cores=8))})
     assert cores["ok"] and cores["benchmarks"]["gap"]["differs"] == ["usable_cores"]
 
 
@@ -96,28 +97,28 @@ def test_check_missing_and_new_figures_and_benchmarks():
     cur_fig = figures()
     del cur_fig["splits"]["train"]["inference_gap"]
     cur_fig["splits"]["train"]["extra"] = {"mean": 1.0, "stderr": 0.1}
-    report = benchmark.compare_benchmarks(ref, {"gap": result_bench(cur_fig)})
+    report = check.compare_benchmarks(ref, {"gap": result_bench(cur_fig)})
     assert not report["ok"]
     gap = report["benchmarks"]["gap"]
     assert gap["missing"] == ["splits/train/inference_gap"] and gap["counts"]["new"] == 1
     assert report["benchmarks"]["compare_training"]["mode"] == "not run"  # absent now: reported, not failed
     assert "iwae" not in report["benchmarks"]  # speed benchmarks are not checked
-    failed = benchmark.compare_benchmarks({"gap": result_bench(figures())}, {"gap": {"kind": "result",
+    failed = check.compare_benchmarks({"gap": result_bench(figures())}, {"gap": {"kind": "result",
                                                                                     "error": "boom"}})
     assert not failed["ok"] and failed["benchmarks"]["gap"]["mode"] == "failed"
-    assert "missing" in benchmark.check_markdown(report)
+    assert "missing" in check_markdown(report)
 
 
 def test_loglog_slope():
-    assert benchmark.loglog_slope([1e2, 1e3, 1e4], [0.1, 1.0, 10.0]) == pytest.approx(1.0)
-    assert benchmark.loglog_slope([1e2], [0.1]) is None
+    assert harness.loglog_slope([1e2, 1e3, 1e4], [0.1, 1.0, 10.0]) == pytest.approx(1.0)
+    assert harness.loglog_slope([1e2], [0.1]) is None
 
 
 def test_quick_speed_benchmark_of_our_code_path(tmp_path):
     """The amortized-training benchmark end to end (fresh worker process, the project's
     make_epoch), at tiny size and without peers; only the structure of the output is checked."""
     workdir = tmp_path / "bench"
-    code = benchmark.main(["--quick", "--no-peers", "--only", "amortized_training", "--workdir", str(workdir),
+    code = suite.main(["--quick", "--no-peers", "--only", "amortized_training", "--workdir", str(workdir),
                            "--quiet"])
     assert code == 0
     with open(workdir / "benchmark.json") as f:
@@ -135,8 +136,8 @@ def test_quick_speed_benchmark_of_our_code_path(tmp_path):
 def test_amortized_anatomy_worker_runs_every_stage():
     """The anatomy worker at tiny size, in-process: every stage measured, fractions against the
     GEMM skeleton from the same rounds (structure only; no timing assertions)."""
-    record = benchmark.worker_amortized_anatomy({"steps": 4, "rounds": 2, "peers_dir": None})
-    assert set(record["steps_per_sec"]) == set(benchmark.ANATOMY_STAGES)
+    record = workers.worker_amortized_anatomy({"steps": 4, "rounds": 2, "peers_dir": None})
+    assert set(record["steps_per_sec"]) == set(workers.ANATOMY_STAGES)
     assert all(rate > 0 for rate in record["steps_per_sec"].values())
     assert record["fraction_of_gemms_sgd"]["gemms_sgd"] == 1.0
     assert record["vi_jax_over_by_hand"] > 0 and record["rounds"] == 2

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax.distributions import sample_and_log_prob
-from vi_jax.estimators import score_function_surrogate
+from vi_jax.estimators import ESTIMATORS, get_estimator  # noqa: F401 (vae, estimator_variance read ESTIMATORS here)
 from vi_jax.families import VariationalFamily
 from vi_jax.models import LatentVariableModel
 
@@ -22,7 +22,6 @@ Array = jax.Array
 Params = Any
 
 KL_FORMS = ("analytic", "mc")
-ESTIMATORS = ("reparam", "stl", "score_function")
 
 
 class ElboTerms(NamedTuple):
@@ -66,9 +65,9 @@ def check_count(name: str, value) -> None:
 def map_draws(f: Callable[[Array], Array], z: Array) -> Array:
     """[f(z_1), ..., f(z_M)] over the leading draw axis of z.
 
-    One draw is evaluated without vmap. A size-1 draw axis inside the vmap over a batch makes
-    XLA's CPU layout assignment transpose the decoder's gradients through (B, 1, D) arrays: the
-    amortized training step of the speed benchmark ran 5% slower with it (BENCHMARKS.md).
+    One draw is evaluated without vmap: inside the vmap over a batch, a size-1 draw axis makes
+    XLA's CPU layout assignment transpose the decoder's gradients through (B, 1, D) copies
+    (measured: BENCHMARKS.md, "Measurements behind the code").
     """
     if z.shape[0] == 1:
         return f(z[0])[None]
@@ -84,76 +83,40 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
     which makes the estimate the entropy form E_q[log p(x|z) + log p(z) - log q(z)] and works
     for any family.
 
-    estimator: how the returned value's gradient w.r.t. q's parameters lambda estimates
-    grad_lambda L (every choice is unbiased and leaves the value, the ELBO estimate, unchanged):
-      "reparam": z_m = reparameterized draws (z = mu + sigma eps), gradients flow through them.
-      "stl": sticking the landing (Roeder et al. 2017): reparameterized draws, with log q(z_m)
-        evaluated at stop_gradient(lambda). That drops the score term E_q[grad_lambda log q(z)]
-        = 0 from the entropy form's gradient, which leaves only the path derivative of
-        log p(x, z) - log q(z): zero, with zero variance, where q is the exact posterior.
-        Needs kl="mc".
-      "score_function": REINFORCE with a leave-one-out baseline
-        (vi_jax.estimators.score_function_surrogate) on f = log p(x|z) (minus the closed-form
-        KL) or f = log p(x, z) - log q(z) (kl="mc"); the draws carry no gradient, so any family
-        qualifies. Needs num_samples >= 2.
-    A mixture family (family.components set) is estimated by stratification over its K
-    components for "reparam" and "stl":
-        E_q f = sum_k pi_k E_{q_k} f  ~  sum_k pi_k (1/M) sum_m f(z_km),  z_km ~ q_k reparameterized,
-    M draws from each component (K M likelihood evaluations), f with log q the full mixture
-    density; the weights pi_k carry the gradient to the mixture logits, which a draw of the
-    mixture does not. Reconstruction and kl are weighted likewise. Dropping STL's score term
-    stays unbiased here since sum_k pi_k E_{q_k}[grad log q] = E_q[grad log q] = 0.
-    "score_function" samples the mixture itself.
+    estimator: a name in vi_jax.estimators.ESTIMATORS, which says how the returned value's
+    gradient w.r.t. q's parameters lambda estimates grad_lambda L. Each expectation E_q f above
+    (f = log p(x|z), and log p(z) - log q(z) for kl="mc") is the estimator's estimate of f at its
+    draws; every registered estimator is unbiased and leaves the value, the ELBO estimate, unchanged.
     """
     check_count("num_samples", num_samples)
     if kl not in KL_FORMS:
         raise ValueError(f"unknown kl form {kl!r}; known: {KL_FORMS}")
     if kl == "analytic" and family.kl_to_prior is None:
         raise ValueError(f"family {family.name!r} has no closed-form KL; use kl='mc'")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown gradient estimator {estimator!r}; known: {ESTIMATORS}")
-    if estimator == "stl" and kl != "mc":
-        raise ValueError("estimator 'stl' drops the score term of log q from the entropy form; use kl='mc'")
-    if estimator == "score_function" and num_samples < 2:
-        raise ValueError(f"estimator 'score_function' needs num_samples >= 2 (leave-one-out baseline), "
-                         f"got {num_samples}")
-    stratified = family.components is not None and estimator != "score_function"
+    grad_estimator = get_estimator(estimator)
+    if kl not in grad_estimator.kl_forms:
+        raise ValueError(f"estimator {estimator!r} {grad_estimator.why}; use kl in {grad_estimator.kl_forms}")
+    if num_samples < grad_estimator.min_samples:
+        raise ValueError(f"estimator {estimator!r} needs num_samples >= {grad_estimator.min_samples} "
+                         f"({grad_estimator.why}), got {num_samples}")
     prior = model.prior()
 
     def elbo(key: Array, theta: Params, q_params: Params, x: Array) -> ElboTerms:
         check_datapoint(model, x, "the ELBO of make_elbo")
         q = family.distribution(q_params)
-        keys = jax.random.split(key, num_samples)
-        pi = None
-        if stratified:  # row m * K + k of z is draw m of component k
-            log_pi, components = family.components(q_params)
-            z = jax.vmap(lambda k: sample_and_log_prob(components, k)[0])(keys).reshape(-1, family.latent_dim)
-            pi = jnp.exp(log_pi)
-        else:
-            z, log_q = jax.vmap(lambda k: sample_and_log_prob(q, k))(keys)
-        if estimator == "score_function":
-            z = jax.lax.stop_gradient(z)
-        if estimator == "stl":
-            q = family.distribution(jax.lax.stop_gradient(q_params))
-        if stratified or estimator != "reparam":
-            log_q = jax.vmap(q.log_prob)(z)
+        draws = grad_estimator.draw(family, q, q_params, jax.random.split(key, num_samples))
 
         def estimate(f: Array) -> Array:
-            """The estimate of E_q f from f at the draws (its gradient: the chosen estimator's)."""
-            if estimator == "score_function":
-                return score_function_surrogate(f, log_q)
-            if pi is None:
-                return jnp.mean(f)
-            return jnp.mean(f.reshape(num_samples, -1) @ pi)  # (1/M) sum_m sum_k pi_k f(z_mk)
+            return grad_estimator.estimate(f, draws)
 
-        log_lik = map_draws(lambda z_m: model.likelihood(theta, z_m).log_prob(x), z)
+        log_lik = map_draws(lambda z_m: model.likelihood(theta, z_m).log_prob(x), draws.z)
         reconstruction = estimate(log_lik)
         if kl == "analytic":
             kl_value = family.kl_to_prior(q_params)
             entropy = q.entropy()
         else:
-            kl_value = -estimate(jax.vmap(prior.log_prob)(z) - log_q)
-            entropy = -estimate(log_q)
+            kl_value = -estimate(jax.vmap(prior.log_prob)(draws.z) - draws.log_q)
+            entropy = -estimate(draws.log_q)
         return ElboTerms(reconstruction - kl_value, reconstruction, kl_value, entropy)
 
     return elbo
@@ -161,9 +124,8 @@ def make_elbo(model: LatentVariableModel, family: VariationalFamily, *, num_samp
 
 # Draws vmapped per step when many-draw ELBOs are evaluated over rows (map_datapoints). As for
 # the IWAE's chunk below, the decoder's outputs for rows x draws are written and read back by the
-# log-density, so a step should fit in cache. 784-pixel decoder 50-200-200, one CPU core, rows/s
-# at 100 rows per step against rows at <= 500 draws per step: 1000 draws 83 vs 139 (1 row),
-# 200 draws 488 vs 685 (2 rows), 100 draws 951 vs 1438 (5 rows).
+# log-density, so a step should fit in cache
+# (measured: BENCHMARKS.md, "Measurements behind the code").
 ELBO_DRAWS_PER_STEP = 500
 
 
@@ -174,8 +136,8 @@ def elbo_rows_per_step(num_samples: int, max_rows: int) -> int:
 
 
 # Draws per scan step of make_iwae. The decoder's outputs for rows x chunk draws are written and
-# read back by the log-density, so they should fit in cache: at the evaluation's 100 rows, chunk
-# 10 ran 22.0 datapoints/s against 17.3 for chunk 100 (K = 5000, 784-pixel decoder, one CPU core).
+# read back by the log-density, so at the evaluation's 100 rows they should fit in cache
+# (measured: BENCHMARKS.md, "Measurements behind the code").
 IWAE_CHUNK_SIZE = 10
 
 

@@ -90,8 +90,8 @@ class LocalFitConfig:
     max_steps: int = 20_000
     # Beyond the reference protocol: when a row plateaus, multiply its learning rate by
     # lr_reduction_factor and continue, up to lr_reductions times, before it counts as converged.
-    # A constant step size leaves Adam hovering ~lr x gradient noise below the optimum (the
-    # linear-Gaussian oracle measures 0.009 nats at the reference settings).
+    # A constant step size leaves Adam hovering ~lr x gradient noise below the optimum (measured on
+    # the oracles: BENCHMARKS.md, "Local fit accuracy on the oracles").
     lr_reductions: int = 0
     lr_reduction_factor: float = 0.1
     # Rows are fitted in blocks of at most block_rows, active rows first; blocks with no active
@@ -147,15 +147,14 @@ LOCAL_FIT_PROTOCOLS: dict[str, LocalFitConfig] = {
 }
 
 
-# On CPU, blocks of <= 128 rows fit the default convergence rule's N = 500 benchmark about 1.3x
-# faster than one block of all rows (BENCHMARKS.md): few rows are left in the long tail.
+# On CPU, small blocks let converged rows stop costing time, with little padding left in the long
+# tail; smaller ones lose more to per-step overhead (measured: BENCHMARKS.md, "Measurements
+# behind the code").
 CPU_BLOCK_ROWS = 128
 # XLA's CPU thread pool has a thread per core the process may run on, and a step over 125 rows
-# splits poorly across them: with 2 threads, fixed-step fits ran 1.13x (the benchmark's
-# 20-400-784 decoder, N = 2000) and 1.33x (50-200-200-784 ELU, N = 1000) faster in blocks of
-# 4 x 125 rows than of 125 (2000 rows at once: slower again, cache). On one core the wider
-# blocks cost 1-6%, so they are used only with several cores, and never when block_rows is set
-# (a bound on memory) (BENCHMARKS.md).
+# splits poorly across them, so several cores run 4 blocks as one while enough rows are active
+# (all rows at once: out of cache). On one core it costs a little, and block_rows, a bound on
+# memory, turns it off (measured: BENCHMARKS.md, "Measurements behind the code").
 WIDE_BLOCK_FACTOR = 4
 
 

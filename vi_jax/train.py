@@ -113,8 +113,8 @@ def amortized_vi(model: LatentVariableModel, family: VariationalFamily, encoder:
     warmup_term)`.
     objective="iwae": L is the IWAE bound L_K with K = num_samples (Burda et al. 2015; no
     warm-up). The logged `elbo` is always the ELBO (for "iwae": estimated from the same K draws).
-    estimator: how the ELBO's gradient w.r.t. the encoder is estimated (vi_jax.elbo.make_elbo:
-    "reparam", "stl" or "score_function"; the IWAE objective is reparameterized).
+    estimator: how the ELBO's gradient w.r.t. the encoder is estimated, a name in
+    vi_jax.estimators.ESTIMATORS (see vi_jax.elbo.make_elbo); the IWAE objective is reparameterized.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown training objective {objective!r}; known: {OBJECTIVES}")

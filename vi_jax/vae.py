@@ -99,7 +99,7 @@ class VAEConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown training objective {self.objective!r}; known: {OBJECTIVES}")
         if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown gradient estimator {self.estimator!r}; known: {ESTIMATORS}")
+            raise ValueError(f"unknown gradient estimator {self.estimator!r}; known: {tuple(ESTIMATORS)}")
         if self.objective == "iwae" and (self.mode != "amortized" or self.kl_warmup_epochs
                                          or self.estimator != "reparam"):
             raise ValueError("objective=iwae needs mode=amortized, kl_warmup_epochs=0 and estimator=reparam")
