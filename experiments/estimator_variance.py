@@ -64,7 +64,8 @@ from jax.flatten_util import ravel_pytree
 
 from vi_jax import oracles, plotting, rundir
 from vi_jax.config import Rule, check_fields, count, counts
-from vi_jax.elbo import ESTIMATORS, KL_FORMS, make_elbo, map_datapoints
+from vi_jax.elbo import KL_FORMS, make_elbo, map_datapoints
+from vi_jax.estimators import ESTIMATORS
 from vi_jax.families import diagonal_gaussian
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
@@ -97,7 +98,7 @@ class EstimatorVarianceConfig:
         for name in self.estimators:
             estimator, _, kl = name.partition("/")
             if estimator not in ESTIMATORS or kl not in KL_FORMS:
-                raise ValueError(f"estimator {name!r} is not 'estimator/kl' with estimator in {ESTIMATORS} "
+                raise ValueError(f"estimator {name!r} is not 'estimator/kl' with estimator in {tuple(ESTIMATORS)} "
                                  f"and kl in {KL_FORMS}")
         if REFERENCE not in self.estimators:
             raise ValueError(f"estimators must include the reference {REFERENCE!r}")

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax.distributions import sample_and_log_prob
-from vi_jax.estimators import ESTIMATORS, get_estimator  # noqa: F401 (vae, estimator_variance read ESTIMATORS here)
+from vi_jax.estimators import get_estimator
 from vi_jax.families import VariationalFamily
 from vi_jax.models import LatentVariableModel
 

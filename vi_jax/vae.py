@@ -16,7 +16,8 @@ from vi_jax import data, io, networks, rundir, sharding
 from vi_jax.checkpoint import CheckpointError, Checkpointer
 from vi_jax.config import Rule, check_fields, count, from_dict, one_of, real, widths
 from vi_jax.distributions import get_likelihood
-from vi_jax.elbo import ESTIMATORS, KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
+from vi_jax.elbo import KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
+from vi_jax.estimators import ESTIMATORS
 from vi_jax.families import VariationalFamily, get_family
 from vi_jax.metrics import MetricsTarget, open_writer
 from vi_jax.models import LatentVariableModel, decoder_model
