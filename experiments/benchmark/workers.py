@@ -224,7 +224,8 @@ def worker_amortized_anatomy(p: dict) -> dict:
             "steps": steps, "rounds": rounds, "max_rss_mb": _max_rss_mb()}
 
 
-def _local_fit_setup(p: dict, fit_config):
+def _timed_local_fit(p: dict, fit_config):
+    """The project's local fit on the peers' problem: (result, run seconds, compile seconds)."""
     import jax
     import jax.numpy as jnp
 
@@ -238,24 +239,21 @@ def _local_fit_setup(p: dict, fit_config):
     key = jax.random.PRNGKey(p.get("seed", 0))
     start = time.perf_counter()
     compiled = fit.lower(key, theta, table, data).compile()
-    return compiled, (key, theta, table, data), time.perf_counter() - start
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = jax.block_until_ready(compiled(key, theta, table, data))
+    return result, time.perf_counter() - start, compile_s
 
 
 def worker_local_fit(p: dict) -> dict:
     """The project's per-datapoint fit, forced to run exactly `steps` Adam steps on every row:
     one check of `steps` steps (max_steps = check_every = steps), so the while loop runs once."""
-    import jax
-
     from vi_jax.local import LocalFitConfig
 
     steps = p.get("steps", LOCAL_STEPS)
     config = LocalFitConfig(learning_rate=p.get("lr", LOCAL_LR), num_samples=1, check_every=steps,
                             patience=1, max_steps=steps, block_rows=p.get("block_rows", 0))
-    compiled, args, compile_s = _local_fit_setup(p, config)
-    start = time.perf_counter()
-    result = compiled(*args)
-    jax.block_until_ready(result)
-    seconds = time.perf_counter() - start
+    result, seconds, compile_s = _timed_local_fit(p, config)
     row_steps = np.asarray(result.steps)
     if not np.all(row_steps == steps):
         raise RuntimeError(f"local fit ran {sorted(set(row_steps.tolist()))} steps, expected {steps}")
@@ -269,16 +267,10 @@ def worker_local_fit_early_stop(p: dict) -> dict:
     """The default convergence rule (LocalFitConfig(), overrides in p["config"]): wall time, how
     many steps the loop ran, the steps each row needed, and the row-steps computed: at each check,
     the active rows rounded up to whole blocks."""
-    import jax
-
     from vi_jax.local import LocalFitConfig, rows_per_block
 
     config = dataclasses.replace(LocalFitConfig(), **p.get("config", {}))
-    compiled, args, compile_s = _local_fit_setup(p, config)
-    start = time.perf_counter()
-    result = compiled(*args)
-    jax.block_until_ready(result)
-    seconds = time.perf_counter() - start
+    result, seconds, compile_s = _timed_local_fit(p, config)
     row_steps = np.asarray(result.steps)
     loop_steps = int(row_steps.max())  # rows still active run until the last one stops
     cap = -(-config.max_steps // config.check_every) * config.check_every
