@@ -99,7 +99,7 @@ def test_every_module_imports_on_its_own():
     stay cached between modules, so this costs one interpreter, not one per module)."""
     script = (
         "import importlib, sys, traceback\n"
-        f"failed = []\n"
+        "failed = []\n"
         f"for name in {module_names()!r}:\n"
         "    for loaded in [m for m in sys.modules if m == 'vi_jax' or m.startswith('vi_jax.')]:\n"
         "        del sys.modules[loaded]\n"
