@@ -34,7 +34,6 @@ import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -219,26 +218,3 @@ def write_report(workdir: str, name: str, result: dict, markdown: str) -> dict:
     io.atomic_write_text(os.path.join(workdir, f"{name}.md"), markdown)
     io.atomic_write_json(os.path.join(workdir, f"{name}.json"), result)
     return result
-
-
-ROW_CHOICES = ("random", "first")
-
-
-def subset(key, x: np.ndarray, n: int, rows: str = "random", *, order: str | None = None,
-           name: str = "data") -> tuple[np.ndarray, np.ndarray]:
-    """(sorted row indices, rows) of a seeded random subset of n rows, or of the first n rows
-    (Cremer et al. evaluate the first 1000 training points); all rows if n >= len(x).
-
-    order: why the row order of `x` is meaningful (Dataset.ordered_splits), or None; then its
-    first n rows are a biased sample and rows="first" raises a ValueError starting with `name`.
-    """
-    if rows not in ROW_CHOICES:
-        raise ValueError(f"{name}: unknown rows choice {rows!r}; known: {ROW_CHOICES}")
-    if rows == "first" and order is not None and n < len(x):
-        raise ValueError(f"{name}: rows='first' refused: the split is {order}, so its first {n} rows are not a "
-                         f"fair sample of its {len(x)}; use rows='random' (a seeded random subset) or all rows")
-    if rows == "first":
-        index = np.arange(min(n, len(x)))
-    else:
-        index = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:n])
-    return index, x[index]

@@ -25,11 +25,12 @@ import jax.numpy as jnp
 
 from vi_jax import io, rundir
 from vi_jax.config import Rule, check_fields, count
+from vi_jax.data import subset
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import take_rows
 from vi_jax.vae import TRAINING_MODES, VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, subset, write_report
+from ._common import Cli, header, write_report
 
 COLUMNS = ("log_px", "elbo_local_ffg", "approximation_gap_ffg", "elbo_amortized", "amortization_gap_ffg")
 

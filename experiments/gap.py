@@ -49,11 +49,12 @@ import numpy as np
 
 from vi_jax import io, plotting, provenance, rundir
 from vi_jax.config import Rule, check_fields, count, one_of
+from vi_jax.data import ROW_CHOICES, subset
 from vi_jax.families import FAMILIES, VariationalFamily, family_options, get_family
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
-from ._common import ROW_CHOICES, Cli, FieldFlag, subset
+from ._common import Cli, FieldFlag
 
 SPLITS = ("train", "test")
 AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with protocol.ais_proposal

@@ -40,12 +40,13 @@ import numpy as np
 
 from vi_jax import plotting, rundir
 from vi_jax.config import Rule, check_fields, count
+from vi_jax.data import subset
 from vi_jax.families import coupling_flow
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, save_figure, subset, write_report
+from ._common import Cli, header, save_figure, write_report
 
 SPLITS = ("train", "test")
 GAPS = {"inference_gap": "inference", "approximation_gap_ffg": "approximation (FFG)",

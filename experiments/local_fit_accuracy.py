@@ -45,11 +45,12 @@ import numpy as np
 
 from vi_jax import oracles, plotting
 from vi_jax.config import Rule, check_fields, count, counts, real
+from vi_jax.data import subset
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import LOCAL_FIT_PROTOCOLS, LocalFitConfig, make_local_fit, tile_rows
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, save_figure, subset, write_report
+from ._common import Cli, header, save_figure, write_report
 
 STARTS = ("encoder", "prior")
 # Candidates for a fit that reaches q* fast (issue 17 item 2), measured beside the named

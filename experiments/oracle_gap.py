@@ -63,11 +63,12 @@ from scipy import stats
 
 from vi_jax import io, oracles, plotting, rundir
 from vi_jax.config import Rule, check_fields, count, real
+from vi_jax.data import subset
 from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, save_figure, subset, write_report
+from ._common import Cli, header, save_figure, write_report
 
 QUANTITIES = (
     ("log_px", "log p(x)"),

@@ -41,11 +41,12 @@ import numpy as np
 
 from vi_jax import artifacts, io, rundir
 from vi_jax.config import Rule, apply_overrides, check_fields, count, from_dict, real
+from vi_jax.data import subset
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
 from . import gap
-from ._common import RESUME, base_parser, run_kwargs, subset
+from ._common import RESUME, base_parser, run_kwargs
 from .train_vae import evaluate_and_save
 
 EVALUATIONS_PER_RUN = 40  # validation points on the curve (eval_every = num_epochs / this)

@@ -116,9 +116,9 @@ def test_first_rows_of_an_ordered_split_are_refused_with_the_reason():
                                          r"first 3 rows are not a fair sample of its 10"):
         gap.choose_rows(gap.GapConfig(n_eval=3, rows="first"), toy, {"train": toy.train, "test": toy.test})
     # all rows of an ordered split, or the first rows of an unordered one, are fine
-    index, _ = gap.subset(None, toy.test, 10, "first", order=toy.ordered_splits["test"])
+    index, _ = data.subset(None, toy.test, 10, "first", order=toy.ordered_splits["test"])
     np.testing.assert_array_equal(index, np.arange(10))
-    np.testing.assert_array_equal(gap.subset(None, toy.train, 3, "first")[0], [0, 1, 2])
+    np.testing.assert_array_equal(data.subset(None, toy.train, 3, "first")[0], [0, 1, 2])
 
 
 def test_row_choice_per_split_cremer_protocol():

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, rundir
+from vi_jax import data, io, rundir
 from vi_jax.config import from_dict
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr
 
@@ -190,9 +190,9 @@ def verify(directory: str, *, data_dir: Optional[str] = None, fresh_points: int 
     published = {f["name"]: f for f in info["figures"]}.get(TEST_LOG_PX)
     if published is not None:
         _, _, test = load_training_data(config, data_dir)
-        rows = np.sort(np.asarray(jax.random.permutation(jax.random.PRNGKey(fresh_seed), len(test)))[:fresh_points])
+        rows, fresh_test = data.subset(jax.random.PRNGKey(fresh_seed), test, fresh_points)
         bounds = make_evaluator(vae, config, config.final_iwae_samples).iwae(
-            jax.random.fold_in(jax.random.PRNGKey(fresh_seed), 1), params, jnp.asarray(test[rows])).bound
+            jax.random.fold_in(jax.random.PRNGKey(fresh_seed), 1), params, jnp.asarray(fresh_test)).bound
         fresh = mean_and_stderr(bounds)
         distance = abs(fresh["mean"] - published["mean"]) / fresh["stderr"]
         checks.append(Check(f"{TEST_LOG_PX} (fresh key, {len(rows)} random test points)",

@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
+import jax
 import numpy as np
 
 from vi_jax import io
@@ -349,3 +350,26 @@ def _read_tfds_split(source) -> tuple[np.ndarray, np.ndarray]:
             images[i] = record["image"].reshape(_MNIST_PIXELS)
             labels[i] = record["label"]
     return _read_only(images.astype(np.float32) / 255.0), _read_only(labels)
+
+
+ROW_CHOICES = ("random", "first")
+
+
+def subset(key, x: np.ndarray, n: int, rows: str = "random", *, order: str | None = None,
+           name: str = "data") -> tuple[np.ndarray, np.ndarray]:
+    """(sorted row indices, rows) of a seeded random subset of n rows, or of the first n rows
+    (Cremer et al. evaluate the first 1000 training points); all rows if n >= len(x).
+
+    order: why the row order of `x` is meaningful (Dataset.ordered_splits), or None; then its
+    first n rows are a biased sample and rows="first" raises a ValueError starting with `name`.
+    """
+    if rows not in ROW_CHOICES:
+        raise ValueError(f"{name}: unknown rows choice {rows!r}; known: {ROW_CHOICES}")
+    if rows == "first" and order is not None and n < len(x):
+        raise ValueError(f"{name}: rows='first' refused: the split is {order}, so its first {n} rows are not a "
+                         f"fair sample of its {len(x)}; use rows='random' (a seeded random subset) or all rows")
+    if rows == "first":
+        index = np.arange(min(n, len(x)))
+    else:
+        index = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:n])
+    return index, x[index]
