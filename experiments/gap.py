@@ -3,6 +3,7 @@
     python -m experiments.gap --workdir runs/gap                 # digits, about 70 s on 2 CPU cores
     python -m experiments.gap --workdir runs/gap --quick         # smoke run, about 40 s
     python -m experiments.gap --checkpoint runs/train_vae        # use a trained VAE instead of training one
+    python -m experiments.gap --workdir runs/gap --resume        # an interrupted run keeps its finished stages
     python -m experiments.gap --set protocol.ais_proposal=ffg    # also AIS from q*_FFG, ~40% longer
     python -m experiments.gap --set protocol.local_fit=accurate  # a named q* fit: reference (default), authors, accurate
     python -m experiments.gap --set local_families=gaussian,flow,iaf  # also an IAF q* (any registered family)
@@ -37,8 +38,10 @@ L[q*_FFG] -16.88, L[q*_flow] -16.68; approximation gap FFG 0.77 +- 0.01, amortiz
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import time
 from typing import ClassVar
 
@@ -48,13 +51,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from vi_jax import io, plotting, provenance, rundir
+from vi_jax.checkpoint import StageCache, config_checksum, state_checksums
 from vi_jax.config import Rule, check_fields, count, one_of
 from vi_jax.data import ROW_CHOICES, subset
 from vi_jax.families import FAMILIES, VariationalFamily, family_options, get_family
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
-from ._common import Cli, FieldFlag
+from ._common import Cli, FieldFlag, RunFlags, progress_log
 
 SPLITS = ("train", "test")
 AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with protocol.ais_proposal
@@ -117,8 +121,13 @@ QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", 
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=100",
          "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
 
+RESUME = RunFlags(lambda parser: parser.add_argument(
+    "--resume", action="store_true", help="keep the finished stages of an interrupted run in the workdir"),
+    lambda args: {"resume": args.resume})
+
 CLI = Cli(__doc__, GapConfig, workdir="runs/gap", writes="gap.json", quick=QUICK, seed=("seed", "vae.seed"),
           flags=[FieldFlag("--checkpoint", "checkpoint", "a train_vae workdir whose VAE to evaluate")], data_dir=True,
+          extra=[RESUME],
           example="--set n_eval=100 --set vae.latent_dim=4 --set protocol.local_fit.learning_rate=1e-2")
 
 
@@ -217,9 +226,22 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
     plotting.close(fig)
 
 
+def stage_fingerprint(config: GapConfig, vae_config: VAEConfig, params, split: str, rows: np.ndarray) -> dict:
+    """What one split's gap stages depend on (StageCache): the protocol, the model's parameters
+    and the rows, and the backend and cores (a local fit's float rounding depends on the cores,
+    LocalFitConfig.block_rows). The checkpoint path is left out: the parameters' checksums stand in."""
+    return {"config": dataclasses.asdict(dataclasses.replace(config, checkpoint="")),
+            "vae_config": dataclasses.asdict(vae_config), "split": split,
+            "params": config_checksum(state_checksums(params)), "rows": np.asarray(rows).tolist(),
+            "backend": jax.default_backend(), "cores": provenance.usable_cores()}
+
+
 @rundir.staged
-def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
-    log = print if progress else (lambda message: None)
+def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True,
+        resume: bool = False) -> dict:
+    """resume: keep the finished stages of an interrupted run of this config in this workdir
+    (WORKDIR/checkpoints/gap_<split>), so that only the rest is computed; the results are the same."""
+    log = progress_log(progress)
     config.validate()
     timings = {}
     start = time.perf_counter()
@@ -249,8 +271,12 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         rows, x = chosen[name]
         log(f"[{name}] gap decomposition on {len(rows)} datapoints")
         amortized = vae.encode(params["encoder"], jnp.asarray(x))
+        stages = StageCache(os.path.join(rundir.checkpoint_dir(workdir), f"gap_{name}"),
+                            stage_fingerprint(config, vae_config, params, name, rows), resume=resume)
         per_point, info = evaluate_gaps(jax.random.fold_in(split_key, 1), vae.model, params["decoder"],
-                                        vae.family, amortized, local_families, x, config.protocol, log)
+                                        vae.family, amortized, local_families, x, config.protocol, log, stages=stages)
+        if info["reused_stages"]:
+            log(f"[{name}] read back from the interrupted run: {', '.join(info['reused_stages'])}")
         reported = quantities(local_families) + (AIS_QUANTITIES if config.protocol.ais_proposal else ())
         summary = summarize({q: per_point[q] for q in reported})
         if config.protocol.ais_proposal:
@@ -263,6 +289,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
                                      "elbo": [summarize({"e": per_point[f"elbo_refined_{k}"]})["e"]
                                               for k in config.protocol.refine_steps]}
         summary["local_fits"] = info["local_fits"]
+        summary["resumed_stages"] = info["reused_stages"]
         result["splits"][name] = summary
         arrays[name] = {"rows": rows, **per_point}
         timings.update({f"{name}/{stage}": round(s, 2) for stage, s in info["seconds"].items()})
@@ -282,6 +309,10 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         io.atomic_write_bytes(os.path.join(workdir, "vae_params.msgpack"), flax.serialization.to_bytes(params))
     io.atomic_write_text(os.path.join(workdir, "gap.md"), markdown(result))
     io.atomic_write_json(os.path.join(workdir, "gap.json"), result)
+    for name in config.splits:  # every result is written: the finished stages have served
+        shutil.rmtree(os.path.join(rundir.checkpoint_dir(workdir), f"gap_{name}"), ignore_errors=True)
+    with contextlib.suppress(OSError):  # unless it holds other checkpoints
+        os.rmdir(rundir.checkpoint_dir(workdir))
     return result
 
 

@@ -6,7 +6,8 @@
 
 Trains with the preset's full published schedule (or every stage shortened by --epochs-scale),
 checkpointing every --checkpoint-every epochs into WORKDIR/checkpoints (--resume continues an
-interrupted run exactly); the progress bar shows stage, epoch, ELBO and ETA, and the validation
+interrupted run exactly: the training from its newest checkpoint, the gap protocol from the stages
+it finished, WORKDIR/gap*/checkpoints); the progress bar shows stage, epoch, ELBO and ETA, and the validation
 ELBO / IWAE_100 curve is recorded every eval_every epochs on --num-valid validation points.
 Then evaluates the test log-likelihood with IWAE K = 5000 (the preset's final_iwae_samples), and
 for the Cremer presets runs the gap protocol of experiments.gap on the first --gap-points
@@ -46,7 +47,7 @@ from vi_jax.presets import PRESETS, get_preset, scale_epochs
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
 from . import gap
-from ._common import RESUME, base_parser, run_kwargs
+from ._common import RESUME, base_parser, progress_log, run_kwargs
 from .train_vae import evaluate_and_save
 
 EVALUATIONS_PER_RUN = 40  # validation points on the curve (eval_every = num_epochs / this)
@@ -124,7 +125,7 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
     options.validate()
     preset = get_preset(preset_name)
     config = preset_config(preset_name, options, overrides)
-    log = print if progress else (lambda message: None)
+    log = progress_log(progress)
     dataset, train, test = load_training_data(config, data_dir)
     gap_configs = {}
     if preset.gap_protocol:  # its row choice refused now, not after hours of training
@@ -172,7 +173,7 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
     io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     for folder, gap_config in gap_configs.items():
         metrics[folder] = gap.run(gap_config, os.path.join(workdir, folder), data_dir=data_dir,
-                                  progress=progress)["splits"]
+                                  progress=progress, resume=resume)["splits"]
         io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     io.atomic_write_text(os.path.join(workdir, "reproduce.md"), markdown(metrics))
     return metrics

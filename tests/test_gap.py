@@ -1,5 +1,6 @@
 """The gap decomposition on a small trained VAE: exact additivity, ordering, stage bookkeeping."""
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -79,3 +80,58 @@ def test_unknown_ais_proposal_is_named(trained):
 def test_bad_protocol_is_named(changes, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(GapProtocol(), **changes).validate()
+
+
+def test_a_stage_cache_changes_nothing_and_a_resumed_evaluation_reads_every_stage_back(trained, gaps, tmp_path):
+    """With a StageCache the arrays are those of the plain evaluation, bit for bit (the local fit
+    then runs in checkpointed segments); a second evaluation resuming that cache computes nothing
+    and returns the same arrays and stage seconds. A local fit interrupted between segments (its
+    stage unfinished, a segment checkpoint saved) continues from there to the same result."""
+    from vi_jax.checkpoint import StageCache
+    vae, params, x = trained
+    plain, _ = gaps
+    encoder_q = vae.encode(params["encoder"], x)
+
+    def evaluate(directory, resume, protocol=PROTOCOL):
+        stages = StageCache(str(directory), {"protocol": "test"}, resume=resume)
+        return evaluate_gaps(jax.random.PRNGKey(0), vae.model, params["decoder"], vae.family, encoder_q,
+                             {"ffg": vae.family}, x, protocol, stages=stages)
+
+    cached, info = evaluate(tmp_path / "a", resume=False)
+    assert sorted(cached) == sorted(plain) and info["reused_stages"] == []
+    for name in plain:
+        np.testing.assert_array_equal(cached[name], plain[name], err_msg=name)
+    again, again_info = evaluate(tmp_path / "a", resume=True)
+    assert again_info["reused_stages"] == ["elbo_amortized", "local_fit_ffg", "iwae_ffg", "ais", "semi_amortized"]
+    assert again_info["seconds"] == info["seconds"] and again_info["local_fits"] == info["local_fits"]
+    for name in plain:
+        np.testing.assert_array_equal(again[name], plain[name], err_msg=name)
+
+    # interrupted during the local fit: only its first segment is on disk
+    stages = StageCache(str(tmp_path / "b"), {"protocol": "test"}, resume=False)
+    from vi_jax.local import make_local_fitter
+    fitter = make_local_fitter(vae.model, vae.family, PROTOCOL.local_fit, kl=vae.family.kl_form)
+    fit_key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(0), 4)[1], 0)
+    first = jax.jit(fitter.advance)(fit_key, params["decoder"], fitter.init(encoder_q), x, 3)
+    assert bool(first.active.any())  # the fit was not over yet
+    stages.checkpointer("local_fit_ffg").save(3, first, {"config": {"stage": "local_fit_ffg"}, "seconds": 0.0})
+    resumed, _ = evaluate(tmp_path / "b", resume=True)
+    for name in plain:
+        np.testing.assert_array_equal(resumed[name], plain[name], err_msg=name)
+
+
+def test_a_stage_cache_refuses_another_runs_stages_and_names_a_damaged_one(tmp_path):
+    from vi_jax.checkpoint import CheckpointError, DamagedCheckpoint, StageCache
+    stages = StageCache(str(tmp_path), {"seed": 0, "rows": [1, 2]}, resume=False)
+    arrays, _, reused = stages.run("one", lambda: {"a": np.arange(3.0)})
+    assert not reused
+    with pytest.raises(CheckpointError, match="different run.*rows"):
+        StageCache(str(tmp_path), {"seed": 0, "rows": [1, 3]}, resume=True)
+    np.testing.assert_array_equal(StageCache(str(tmp_path), {"seed": 0, "rows": [1, 2]}, resume=True)
+                                  .run("one", lambda: pytest.fail("recomputed"))[0]["a"], arrays["a"])
+    np.savez(tmp_path / "one.npz", a=np.arange(4.0))  # replaced behind the cache's back
+    with pytest.raises(DamagedCheckpoint, match="stage 'one'.*fails its checksums"):
+        StageCache(str(tmp_path), {"seed": 0, "rows": [1, 2]}, resume=True).run("one", lambda: {})
+    # without resume, a fresh start: what was there is cleared
+    fresh = StageCache(str(tmp_path), {"seed": 0, "rows": [1, 3]}, resume=False)
+    assert fresh.stages == {} and sorted(os.listdir(tmp_path)) == ["stages.json"]

@@ -62,6 +62,21 @@ def test_gap_quick_end_to_end(tmp_path):
     # same seed, identical numbers; a run of one split draws that split's keys as the full run does
     again = run(tmp_path / "b", "--set", "splits=test")
     assert numbers(again) == {"test": numbers(result)["test"]}
+    # interrupted in its last stage, then resumed: the finished stages are read back, not recomputed,
+    # and the numbers are those of the uninterrupted run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("vi_jax.gap.make_refine", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("interrupted")))
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run(tmp_path / "d", "--set", "splits=test")
+    assert sorted(os.listdir(tmp_path / "d" / "checkpoints" / "gap_test")) == [
+        "elbo_amortized.npz", "iwae_ffg.npz", "iwae_flow.npz", "local_fit_ffg.npz", "local_fit_flow.npz", "stages.json"]
+    resumed = run(tmp_path / "d", "--set", "splits=test", "--resume")
+    assert resumed["splits"]["test"].pop("resumed_stages") == [
+        "elbo_amortized", "local_fit_ffg", "iwae_ffg", "local_fit_flow", "iwae_flow"]
+    uninterrupted = numbers(result)["test"]
+    assert uninterrupted.pop("resumed_stages") == []
+    assert numbers(resumed) == {"test": uninterrupted}
+    assert "checkpoints" not in os.listdir(tmp_path / "d")
     with pytest.raises(ValueError, match="splits must be"):
         run(tmp_path / "c", "--set", "splits=valid")
 

@@ -87,6 +87,21 @@ def test_cremer_preset_runs_the_gap_protocol_on_first_train_and_random_test_poin
     figure = figures["gap train: amortization_minus_approximation_ffg"]
     assert (figure["mean"], figure["stderr"]) == pytest.approx((paired.mean(), paired.std(ddof=1) / np.sqrt(10)))
     assert reproduce.verify(str(tmp_path / "artifact"), data_dir=None, fresh_points=20, fresh_seed=1)
+    # interrupted in the gap protocol's last stage of its first split, then resumed: the training from
+    # its checkpoint, the gap protocol from the stages it finished (WORKDIR/gap/checkpoints), to the
+    # same numbers
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("vi_jax.gap.make_refine", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("interrupted")))
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run_script(tmp_path / "resumed", *extra)
+    assert "local_fit_ffg.npz" in os.listdir(tmp_path / "resumed" / "gap" / "checkpoints" / "gap_train")
+    resumed = run_script(tmp_path / "resumed", *extra, "--resume")
+    assert resumed["gap"]["train"].pop("resumed_stages") == ["elbo_amortized", "local_fit_ffg", "iwae_ffg",
+                                                             "local_fit_flow", "iwae_flow", "ais"]
+    assert metrics["gap"]["train"].pop("resumed_stages") == []
+    for folder in ("gap", "gap_authors"):
+        assert resumed[folder] == metrics[folder]
+    assert not os.path.exists(tmp_path / "resumed" / "gap" / "checkpoints")
 
 
 @pytest.mark.parametrize("flag", ["--num-train", "--num-test", "--num-valid", "--gap-points"])

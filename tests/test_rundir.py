@@ -182,6 +182,21 @@ def test_checkpoint_dir_of_a_staged_run_is_in_the_workdir(tmp_path):
     assert rundir.checkpoint_dir(workdir) == os.path.join(workdir, "checkpoints")
 
 
+def test_a_run_staged_inside_another_keeps_its_checkpoints_where_it_will_be_published(tmp_path):
+    """reproduce stages its gap runs inside its own staging directory: their checkpoints (and live
+    files) go to WORKDIR/gap, which an interrupted outer run does not discard, and which the
+    outer run's publication then replaces with the finished gap run."""
+    workdir = str(tmp_path / "run")
+    with rundir.open_run(workdir, "outer") as staging:
+        with rundir.open_run(os.path.join(staging, "gap"), "inner") as inner:
+            assert rundir.checkpoint_dir(inner) == os.path.join(workdir, "gap", "checkpoints")
+            assert rundir.live_path(inner, "metrics.jsonl") == os.path.join(workdir, "gap", "metrics.jsonl")
+            os.makedirs(rundir.checkpoint_dir(inner))
+            io.atomic_write_json(os.path.join(inner, "gap.json"), {})
+    assert sorted(os.listdir(os.path.join(workdir, "gap"))) == ["MANIFEST.json", "gap.json"]
+    rundir.verify(workdir)
+
+
 def test_adopt_writes_a_manifest_for_an_older_finished_run(tmp_path):
     workdir = tmp_path / "old"
     (workdir / "checkpoints").mkdir(parents=True)

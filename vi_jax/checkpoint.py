@@ -4,18 +4,25 @@ checksums of both, so that a damaged checkpoint is named rather than resumed fro
 
 The loop's randomness is a pure function of (seed, epoch) (see vae.train_vae), so a run
 resumed from the checkpoint of epoch e continues exactly as the uninterrupted run would.
+
+StageCache keeps the finished stages of a long evaluation (the gap protocol's local fits,
+IWAE and AIS estimates), so that a resumed evaluation skips them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import time
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from vi_jax import io
 
 # Config fields a resumed run may change: they do not alter the trajectory up to the checkpoint.
 RESUMABLE_CHANGES = ("num_epochs", "checkpoint_every", "eval_every")
@@ -149,3 +156,65 @@ class Checkpointer:
             raise DamagedCheckpoint(f"{self._name(epoch)} is damaged: {len(bad)} array(s) fail their checksum, "
                                     f"first {bad[0]}")
         return state
+
+
+class StageCache:
+    """The finished stages of one long computation in `directory`: per stage its arrays (one npz),
+    their checksums and the seconds it took, under the `fingerprint` of everything the results
+    depend on (configuration, data rows, parameter checksums). resume=False starts empty,
+    clearing the directory; resume=True keeps the stages of a directory written under the same
+    fingerprint and refuses another's with a CheckpointError naming what differs."""
+
+    INDEX = "stages.json"
+
+    def __init__(self, directory: str, fingerprint: dict, *, resume: bool):
+        self.directory = os.path.abspath(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # tuples -> lists, as read back
+        index_path = os.path.join(self.directory, self.INDEX)
+        if resume and os.path.exists(index_path):
+            index = io.read_json(index_path)
+            saved = index.get("fingerprint", {})
+            differing = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+            if differing:
+                raise CheckpointError(f"{self.directory}: its stages were computed for a different run "
+                                      f"({', '.join(differing)} differ); resume that run, or start afresh "
+                                      "without resuming (which clears them)")
+            self.stages = index["stages"]
+        else:
+            if os.path.isdir(self.directory):
+                shutil.rmtree(self.directory)
+            os.makedirs(self.directory)
+            self.stages = {}
+            self._write_index()
+
+    def run(self, name: str, compute: Callable[[], dict]) -> tuple[dict, float, bool]:
+        """(arrays, seconds, reused) of stage `name`: its saved arrays and recorded seconds if it
+        finished before (checksums verified: DamagedCheckpoint naming the file otherwise), else
+        compute()'s arrays, timed, saved, then returned. compute() may return its own "seconds"
+        (for a stage that itself resumed): they are recorded instead of the measured time."""
+        path = os.path.join(self.directory, f"{name}.npz")
+        if name in self.stages:
+            try:
+                with np.load(path) as saved:
+                    arrays = {k: saved[k] for k in saved.files}
+            except (OSError, ValueError) as err:
+                raise DamagedCheckpoint(f"stage {name!r}: {path} is unreadable ({err})") from err
+            if state_checksums(arrays) != self.stages[name]["checksums"]:
+                raise DamagedCheckpoint(f"stage {name!r}: {path} fails its checksums")
+            return arrays, self.stages[name]["seconds"], True
+        start = time.perf_counter()
+        arrays = {k: np.asarray(v) for k, v in compute().items()}
+        seconds = float(arrays.pop("seconds")) if "seconds" in arrays else time.perf_counter() - start
+        io.atomic_save_npz(path, **arrays)
+        self.stages[name] = {"seconds": seconds, "checksums": state_checksums(arrays)}
+        self._write_index()
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)  # its segments, superseded
+        return arrays, seconds, False
+
+    def checkpointer(self, name: str) -> Checkpointer:
+        """A Checkpointer for the segments of stage `name` while it runs (removed once it is saved)."""
+        return Checkpointer(os.path.join(self.directory, name))
+
+    def _write_index(self) -> None:
+        io.atomic_write_json(os.path.join(self.directory, self.INDEX),
+                             {"fingerprint": self.fingerprint, "stages": self.stages})

@@ -23,10 +23,11 @@ import optax
 
 from vi_jax.ais import AisConfig, make_ais
 from vi_jax.array_types import Array, Params, PRNGKey
+from vi_jax.checkpoint import StageCache
 from vi_jax.config import Rule, check_fields, count, counts, one_of, real
 from vi_jax.elbo import IWAE_CHUNK_SIZE, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.families import VariationalFamily, diagonal_gaussian
-from vi_jax.local import LocalFitConfig, make_local_fit, make_refine, tile_rows
+from vi_jax.local import LocalFitConfig, fit_with_checkpoints, make_local_fit, make_local_fitter, make_refine, tile_rows
 from vi_jax.models import LatentVariableModel
 from vi_jax.vae import mean_and_stderr
 
@@ -66,11 +67,15 @@ class GapProtocol:
             self.ais.validate()
 
 
+LOCAL_FIT_CHECKS_PER_SEGMENT = 20  # with a StageCache, a local fit is checkpointed every 20 checks
+
+
 def evaluate_gaps(key: PRNGKey, model: LatentVariableModel, theta: Params,
                   amortized_family: VariationalFamily, amortized_table: Optional[Params],
                   local_families: dict[str, VariationalFamily], data: Array,
                   protocol: GapProtocol = GapProtocol(),
-                  log: Optional[Callable[[str], None]] = None) -> tuple[dict, dict]:
+                  log: Optional[Callable[[str], None]] = None, *,
+                  stages: Optional[StageCache] = None) -> tuple[dict, dict]:
     """Per-datapoint quantities of the decomposition for the rows of `data`.
 
     amortized_table: q_phi(z|x_i) for every row (leading N axis), a member of amortized_family;
@@ -79,12 +84,16 @@ def evaluate_gaps(key: PRNGKey, model: LatentVariableModel, theta: Params,
     fits must start from the prior.
     local_families: {name: family fitted per datapoint}, the names used in the arrays' names
       (experiments.gap uses each family's label: {"ffg": diagonal_gaussian(d), "flow": coupling_flow(d)}).
+    stages: a vi_jax.checkpoint.StageCache: every finished stage (each ELBO, local fit, IWAE and
+      AIS estimate) is saved there, the local fits also every LOCAL_FIT_CHECKS_PER_SEGMENT
+      checks, and a stage found there is read back instead of computed, with the same result.
     Returns (arrays, info): arrays of shape [N] named elbo_amortized, elbo_local_<name>,
     iwae_<name> and iwae_stderr_<name> (log p(x) with q*_<name>), log_px_iwae and
     log_px_iwae_stderr (the largest IWAE estimate), with protocol.ais_proposal also log_px_ais,
     log_px_ais_stderr, ais_acceptance_rate and ais_step_size; log_px and log_px_stderr (the
     larger estimate), inference_gap, approximation_gap_<name>, amortization_gap_<name>,
-    elbo_refined_<k>; info: wall seconds per stage, converged counts and steps of each local fit.
+    elbo_refined_<k>; info: wall seconds per stage (of the process that computed it),
+    converged counts and steps of each local fit, and the stages read back from `stages`.
     """
     protocol.validate()
     data = jnp.asarray(data)
@@ -95,13 +104,27 @@ def evaluate_gaps(key: PRNGKey, model: LatentVariableModel, theta: Params,
         raise ValueError(f"unknown ais_proposal {protocol.ais_proposal!r}; known: {ais_proposals}")
     if protocol.ais_proposal == "encoder" and amortized_table is None:
         raise ValueError("ais_proposal='encoder' needs an amortized_table")
+    if amortized_table is None and protocol.local_init == "encoder":
+        raise ValueError("local_init='encoder' needs an amortized_table; use local_init='prior'")
     # every reported ELBO uses the same draws (common random numbers: the paired gaps have
     # less Monte-Carlo noise; each ELBO estimate stays unbiased)
     keys = dict(zip(("elbo", "local", "iwae", "refine"), jax.random.split(key, 4)))
     keys["ais"] = jax.random.fold_in(key, 4)  # apart from the split, so the other draws stay as they were
     prior = diagonal_gaussian(model.latent_dim)
     proposals = {"prior": (prior, tile_rows(prior.init(), n)), "encoder": (amortized_family, amortized_table)}
-    arrays, seconds, fits = {}, {}, {}
+    arrays, seconds, fits, reused = {}, {}, {}, []
+
+    def stage(name: str, compute: Callable[[], dict]) -> dict:
+        """compute()'s arrays (or, with `stages`, those saved when it ran); records its seconds."""
+        if stages is None:
+            start = time.perf_counter()
+            out = compute()
+            seconds[name] = time.perf_counter() - start
+            return out
+        out, seconds[name], was_reused = stages.run(name, compute)
+        if was_reused:
+            reused.append(name)
+        return out
 
     elbo_jits = {}
 
@@ -114,38 +137,54 @@ def evaluate_gaps(key: PRNGKey, model: LatentVariableModel, theta: Params,
             elbo_jits[family] = jax.jit(lambda k, th, t, x: map_datapoints(fn, k, th, t, x, rows).elbo)
         return np.asarray(elbo_jits[family](k, theta, table, data))
 
-    if amortized_table is None and protocol.local_init == "encoder":
-        raise ValueError("local_init='encoder' needs an amortized_table; use local_init='prior'")
     if amortized_table is not None:
-        start = time.perf_counter()
-        arrays["elbo_amortized"] = elbo_of(amortized_family, amortized_table, keys["elbo"])
-        seconds["elbo_amortized"] = time.perf_counter() - start
+        arrays.update(stage("elbo_amortized", lambda: {
+            "elbo_amortized": elbo_of(amortized_family, amortized_table, keys["elbo"])}))
 
     for index, (name, family) in enumerate(local_families.items()):
         log(f"fitting local {name} q* for {n} datapoints")
-        start = time.perf_counter()
         if protocol.local_init == "encoder":
             init = jax.vmap(family.from_gaussian)(amortized_table)
         else:
             init = tile_rows(family.init(), n)
-        fit = jax.jit(make_local_fit(model, family, protocol.local_fit, kl=family.kl_form))
-        result = fit(jax.random.fold_in(keys["local"], index), theta, init, data)
-        arrays[f"elbo_local_{name}"] = elbo_of(family, result.params, keys["elbo"])
-        seconds[f"local_fit_{name}"] = time.perf_counter() - start
-        fits[name] = {"converged": int(result.converged.sum()), "n": n,
-                      "median_steps": float(np.median(np.asarray(result.steps))),
-                      "max_steps": int(np.max(np.asarray(result.steps)))}
+        fit_key = jax.random.fold_in(keys["local"], index)
+
+        def fitted(name=name, family=family, init=init, fit_key=fit_key) -> dict:
+            out = {}
+            if stages is None:
+                result = jax.jit(make_local_fit(model, family, protocol.local_fit, kl=family.kl_form))(
+                    fit_key, theta, init, data)
+            else:
+                fitter = make_local_fitter(model, family, protocol.local_fit, kl=family.kl_form)
+                checkpointer = stages.checkpointer(f"local_fit_{name}")
+                result, out["seconds"] = fit_with_checkpoints(
+                    fitter, fit_key, theta, init, data, checkpointer, {"stage": f"local_fit_{name}"},
+                    checks_per_segment=LOCAL_FIT_CHECKS_PER_SEGMENT, resume=checkpointer.latest_epoch() is not None)
+            start = time.perf_counter()
+            out[f"elbo_local_{name}"] = elbo_of(family, result.params, keys["elbo"])
+            if "seconds" in out:
+                out["seconds"] += time.perf_counter() - start
+            out |= {"converged": np.asarray(result.converged), "steps": np.asarray(result.steps),
+                    **{f"table/{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(result.params))}}
+            return out
+
+        fit = stage(f"local_fit_{name}", fitted)
+        table = jax.tree.unflatten(jax.tree.structure(init),
+                                   [jnp.asarray(fit[f"table/{i}"]) for i in range(len(jax.tree.leaves(init)))])
+        arrays[f"elbo_local_{name}"] = fit[f"elbo_local_{name}"]
+        fits[name] = {"converged": int(fit["converged"].sum()), "n": n, "median_steps": float(np.median(fit["steps"])),
+                      "max_steps": int(np.max(fit["steps"]))}
 
         log(f"IWAE_{protocol.iwae_samples} with local {name} q* as proposal")
-        start = time.perf_counter()
-        iwae_fn = make_iwae(model, family, num_samples=protocol.iwae_samples,
-                            chunk_size=protocol.iwae_chunk_size)
-        iwae = jax.jit(lambda k, th, t, x: map_datapoints(iwae_fn, k, th, t, x, protocol.batch_size))(
-            jax.random.fold_in(keys["iwae"], index), theta, result.params, data)
-        arrays[f"iwae_{name}"] = np.asarray(iwae.bound)
-        arrays[f"iwae_stderr_{name}"] = np.asarray(iwae.stderr)
-        seconds[f"iwae_{name}"] = time.perf_counter() - start
-        proposals[name] = (family, result.params)
+
+        def iwae_of(name=name, family=family, table=table, index=index) -> dict:
+            iwae_fn = make_iwae(model, family, num_samples=protocol.iwae_samples, chunk_size=protocol.iwae_chunk_size)
+            iwae = jax.jit(lambda k, th, t, x: map_datapoints(iwae_fn, k, th, t, x, protocol.batch_size))(
+                jax.random.fold_in(keys["iwae"], index), theta, table, data)
+            return {f"iwae_{name}": np.asarray(iwae.bound), f"iwae_stderr_{name}": np.asarray(iwae.stderr)}
+
+        arrays.update(stage(f"iwae_{name}", iwae_of))
+        proposals[name] = (family, table)
 
     names = list(local_families)
     estimates = np.stack([arrays[f"iwae_{name}"] for name in names])
@@ -155,37 +194,40 @@ def evaluate_gaps(key: PRNGKey, model: LatentVariableModel, theta: Params,
     arrays["log_px"], arrays["log_px_stderr"] = arrays["log_px_iwae"], arrays["log_px_iwae_stderr"]
     if protocol.ais_proposal:
         log(f"AIS from {protocol.ais_proposal}: {protocol.ais.num_chains} chains, {protocol.ais.num_steps} steps")
-        start = time.perf_counter()
-        family, table = proposals[protocol.ais_proposal]
-        ais_fn = make_ais(model, family, protocol.ais)
-        ais = jax.jit(lambda k, th, t, x: map_datapoints(ais_fn, k, th, t, x, protocol.batch_size))(
-            keys["ais"], theta, table, data)
-        arrays["log_px_ais"], arrays["log_px_ais_stderr"] = np.asarray(ais.log_px), np.asarray(ais.stderr)
-        arrays["ais_acceptance_rate"], arrays["ais_step_size"] = (np.asarray(ais.acceptance_rate),
-                                                                  np.asarray(ais.step_size))
-        seconds["ais"] = time.perf_counter() - start
+
+        def ais_estimate() -> dict:
+            family, table = proposals[protocol.ais_proposal]
+            ais_fn = make_ais(model, family, protocol.ais)
+            ais = jax.jit(lambda k, th, t, x: map_datapoints(ais_fn, k, th, t, x, protocol.batch_size))(
+                keys["ais"], theta, table, data)
+            return {"log_px_ais": np.asarray(ais.log_px), "log_px_ais_stderr": np.asarray(ais.stderr),
+                    "ais_acceptance_rate": np.asarray(ais.acceptance_rate), "ais_step_size": np.asarray(ais.step_size)}
+
+        arrays.update(stage("ais", ais_estimate))
         use_ais = arrays["log_px_ais"] > arrays["log_px_iwae"]
         arrays["log_px"] = np.where(use_ais, arrays["log_px_ais"], arrays["log_px_iwae"])
         arrays["log_px_stderr"] = np.where(use_ais, arrays["log_px_ais_stderr"], arrays["log_px_iwae_stderr"])
     for name in names:
         arrays[f"approximation_gap_{name}"] = arrays["log_px"] - arrays[f"elbo_local_{name}"]
+    info = {"seconds": seconds, "local_fits": fits, "reused_stages": reused}
     if amortized_table is None:
-        return arrays, {"seconds": seconds, "local_fits": fits}
+        return arrays, info
     arrays["inference_gap"] = arrays["log_px"] - arrays["elbo_amortized"]
     for name in names:
         arrays[f"amortization_gap_{name}"] = arrays[f"elbo_local_{name}"] - arrays["elbo_amortized"]
 
     log(f"semi-amortized refinement, K = {protocol.refine_steps}")
-    start = time.perf_counter()
-    refine = make_refine(model, amortized_family, optax.adam(protocol.refine_learning_rate),
-                         kl=amortized_family.kl_form, return_path=True)
-    path = jax.jit(refine, static_argnums=4)(keys["refine"], theta, amortized_table, data,
-                                             max(protocol.refine_steps))
-    for k in protocol.refine_steps:
-        table = jax.tree.map(lambda p: p[k], path)
-        arrays[f"elbo_refined_{k}"] = elbo_of(amortized_family, table, keys["elbo"])
-    seconds["semi_amortized"] = time.perf_counter() - start
-    return arrays, {"seconds": seconds, "local_fits": fits}
+
+    def refined() -> dict:
+        refine = make_refine(model, amortized_family, optax.adam(protocol.refine_learning_rate),
+                             kl=amortized_family.kl_form, return_path=True)
+        path = jax.jit(refine, static_argnums=4)(keys["refine"], theta, amortized_table, data,
+                                                 max(protocol.refine_steps))
+        return {f"elbo_refined_{k}": elbo_of(amortized_family, jax.tree.map(lambda p: p[k], path), keys["elbo"])
+                for k in protocol.refine_steps}
+
+    arrays.update(stage("semi_amortized", refined))
+    return arrays, info
 
 
 def summarize(arrays: dict) -> dict:

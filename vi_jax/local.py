@@ -14,6 +14,7 @@ stop moving and stop being computed.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
@@ -309,19 +310,23 @@ def make_local_fit(model: LatentVariableModel, family: VariationalFamily, config
 
 def fit_with_checkpoints(fitter: LocalFitter, key: Array, theta: Params, init_table: Params, data: Array,
                          checkpointer, config: dict, *, checks_per_segment: int = 10,
-                         resume: bool = False) -> LocalFit:
+                         resume: bool = False) -> tuple[LocalFit, float]:
     """Run a full-set fit in segments of `checks_per_segment` checks, saving the LocalFitState
     (table, per-row optimizer states, convergence bookkeeping, check counter) after each one
-    with a vi_jax.checkpoint.Checkpointer; resume=True continues from the newest segment. The
-    result equals the uninterrupted fit's."""
+    with a vi_jax.checkpoint.Checkpointer; resume=True continues from the newest segment.
+    Returns (the fit, which equals the uninterrupted fit's; the seconds spent fitting, summed
+    over the segments of every process that ran them)."""
     advance = jax.jit(fitter.advance)
-    state = fitter.init(init_table)
+    state, seconds = fitter.init(init_table), 0.0
     if resume:
-        _, state, _ = checkpointer.restore(state, config)
+        _, state, metadata = checkpointer.restore(state, config)
+        seconds = metadata.get("seconds", 0.0)
     while int(state.checks) < fitter.max_checks and bool(jnp.any(state.active)):
-        state = advance(key, theta, state, data, state.checks + checks_per_segment)
-        checkpointer.save(int(state.checks), state, {"config": config})
-    return fitter.finish(state)
+        start = time.perf_counter()
+        state = jax.block_until_ready(advance(key, theta, state, data, state.checks + checks_per_segment))
+        seconds += time.perf_counter() - start
+        checkpointer.save(int(state.checks), state, {"config": config, "seconds": seconds})
+    return fitter.finish(state), seconds
 
 
 def make_refine(model: LatentVariableModel, family: VariationalFamily,

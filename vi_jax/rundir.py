@@ -325,10 +325,21 @@ def arguments(args: argparse.Namespace) -> dict:
     return {"overwrite": args.overwrite, "clear_stale_lock": args.clear_stale_lock}
 
 
+def _final_path(path: str) -> str:
+    """Where `path` will be once the open runs holding it publish: a staging directory of an open
+    run, or a path inside one, maps into that run's workdir (a run staged inside another's
+    staging directory, as reproduce's gap runs are, maps through both)."""
+    path = os.path.abspath(path)
+    for staging, workdir in sorted(_ACTIVE.items(), key=lambda item: -len(item[0])):  # innermost first
+        if path == staging or path.startswith(staging + os.sep):
+            return _final_path(os.path.normpath(os.path.join(workdir, os.path.relpath(path, staging))))
+    return path
+
+
 def checkpoint_dir(workdir: str) -> str:
     """WORKDIR/checkpoints, also when `workdir` is the staging directory of an open run: the
     checkpoints stay where --resume finds them, whatever becomes of the staged results."""
-    return os.path.join(_ACTIVE.get(os.path.abspath(workdir), workdir), CHECKPOINTS)
+    return os.path.join(_final_path(workdir), CHECKPOINTS)
 
 
 def live_path(workdir: str, name: str) -> str:
@@ -336,7 +347,7 @@ def live_path(workdir: str, name: str) -> str:
     staging directory of an open run: it grows where a user can tail it while the run goes on."""
     if not _is_live(name):
         raise ValueError(f"live files are named metrics*.jsonl, got {name!r}")
-    return os.path.join(_ACTIVE.get(os.path.abspath(workdir), workdir), name)
+    return os.path.join(_final_path(workdir), name)
 
 
 def verify(workdir: str) -> dict:
