@@ -180,6 +180,11 @@ class Cli:
         return main
 
 
+def progress_log(progress: bool) -> Callable[[str], None]:
+    """A run's progress printer: print, or a no-op under --no-progress."""
+    return print if progress else (lambda message: None)
+
+
 def header(config) -> dict:
     """The provenance every result records: the seed, the whole config and the environment."""
     return {"seed": config.seed, "config": dataclasses.asdict(config), "environment": provenance.environment()}

@@ -30,7 +30,7 @@ from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import take_rows
 from vi_jax.vae import TRAINING_MODES, VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, write_report
+from ._common import Cli, header, progress_log, write_report
 
 COLUMNS = ("log_px", "elbo_local_ffg", "approximation_gap_ffg", "elbo_amortized", "amortization_gap_ffg")
 
@@ -81,7 +81,7 @@ def markdown(result: dict) -> str:
 @rundir.staged
 def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     config.validate()
-    log = print if progress else (lambda message: None)
+    log = progress_log(progress)
     dataset, train, test = load_training_data(config.vae, data_dir)
     splits = {"train": train, "test": test}
     key = jax.random.PRNGKey(config.seed)

@@ -69,7 +69,7 @@ from vi_jax.estimators import ESTIMATORS
 from vi_jax.families import diagonal_gaussian
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
-from ._common import Cli, FieldFlag, header, save_figure, write_report
+from ._common import Cli, FieldFlag, header, progress_log, save_figure, write_report
 
 REFERENCE = "reparam/analytic"
 
@@ -276,7 +276,7 @@ def markdown(result: dict) -> str:
 def run(config: EstimatorVarianceConfig, workdir: str, *, progress: bool = True) -> dict:
     """Every setting's rows, the files; returns the estimator_variance.json dict."""
     config.validate()
-    log = print if progress else (lambda message: None)
+    log = progress_log(progress)
     start = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)
     settings, seconds = linear_settings(config, jax.random.fold_in(key, 0), log)

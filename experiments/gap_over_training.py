@@ -46,7 +46,7 @@ from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.local import LocalFitConfig
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, save_figure, write_report
+from ._common import Cli, header, progress_log, save_figure, write_report
 
 SPLITS = ("train", "test")
 GAPS = {"inference_gap": "inference", "approximation_gap_ffg": "approximation (FFG)",
@@ -112,7 +112,7 @@ def markdown(result: dict) -> str:
 @rundir.staged
 def run(config: GapOverTrainingConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True) -> dict:
     config.validate()
-    log = print if progress else (lambda message: None)
+    log = progress_log(progress)
     start = time.perf_counter()
     dataset, train, test = load_training_data(config.vae, data_dir)
     vae = build_vae(config.vae, dataset.dim, steps_per_epoch=len(train) // config.vae.batch_size)

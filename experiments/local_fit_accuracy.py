@@ -50,7 +50,7 @@ from vi_jax.families import diagonal_gaussian
 from vi_jax.local import LOCAL_FIT_PROTOCOLS, LocalFitConfig, make_local_fit, tile_rows
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, save_figure, write_report
+from ._common import Cli, header, progress_log, save_figure, write_report
 
 STARTS = ("encoder", "prior")
 # Candidates for a fit that reaches q* fast (issue 17 item 2), measured beside the named
@@ -251,7 +251,7 @@ def figure(result: dict, path: str) -> None:
 
 def run(config: LocalFitAccuracyConfig, workdir: str, *, progress: bool = True) -> dict:
     """Every problem, protocol and start; the files; returns the local_fit_accuracy.json dict."""
-    log = print if progress else (lambda message: None)
+    log = progress_log(progress)
     config.validate()
     start = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)

@@ -56,7 +56,7 @@ from vi_jax.elbo import make_iwae, map_datapoints
 from vi_jax.families import diagonal_gaussian
 from vi_jax.local import tile_rows
 
-from ._common import Cli, header, save_figure, write_report
+from ._common import Cli, header, progress_log, save_figure, write_report
 
 METHODS = ("naive", "iwae_qstar", "ais_prior", "ais_qstar")
 
@@ -211,7 +211,7 @@ def figure(result: dict, path: str) -> None:
 
 @rundir.staged
 def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True) -> dict:
-    log = print if progress else (lambda message: None)
+    log = progress_log(progress)
     config.validate()
     start = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)

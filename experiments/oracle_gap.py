@@ -68,7 +68,7 @@ from vi_jax.families import diagonal_gaussian
 from vi_jax.gap import GapProtocol, evaluate_gaps
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, train_vae
 
-from ._common import Cli, header, save_figure, write_report
+from ._common import Cli, header, progress_log, save_figure, write_report
 
 QUANTITIES = (
     ("log_px", "log p(x)"),
@@ -377,7 +377,7 @@ def markdown(result: dict) -> str:
 @rundir.staged
 def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict:
     """Both oracles, the project's estimates, the files; returns the oracle.json dict."""
-    log = print if progress else (lambda message: None)
+    log = progress_log(progress)
     config.validate()
     start = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)

@@ -3,6 +3,7 @@ live metrics."""
 import dataclasses
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,17 +36,14 @@ def run_small(digits, metrics=None, **changes):
     return vae, config, train_vae(vae, config, train, test, progress=False, metrics=metrics)
 
 
-def tree_equal(a, b):
-    return all(jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.array_equal(u, v)), a, b)))
-
-
 def test_same_seed_is_bit_identical_and_other_seed_differs(digits):
     _, _, first = run_small(digits, seed=0)
     _, _, again = run_small(digits, seed=0)
     _, _, other = run_small(digits, seed=1)
-    assert tree_equal(first.state.params, again.state.params)
+    chex.assert_trees_all_equal(first.state.params, again.state.params)
     assert first.history == again.history
-    assert not tree_equal(first.state.params, other.state.params)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(first.state.params, other.state.params)
     assert first.history != other.history
 
 
@@ -300,7 +298,8 @@ def test_metrics_file_grows_a_line_per_epoch_and_evaluation_and_matches_the_hist
     # without metrics nothing is written, and the numbers are the same
     _, _, plain = run_small(digits, eval_every=2, stage_epochs=(1, 2), stage_learning_rates=(1e-3, 3e-4),
                             kl_warmup_epochs=2)
-    assert plain.history == result.history and tree_equal(plain.state.params, result.state.params)
+    assert plain.history == result.history
+    chex.assert_trees_all_equal(plain.state.params, result.state.params)
 
 
 def test_resumed_run_appends_to_the_metrics_file_without_duplicates(digits, tmp_path):
