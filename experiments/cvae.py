@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, rundir
+from vi_jax import data, io, plotting, rundir, streams
 from vi_jax.cvae import CVAEConfig, build_cvae, generate, make_evaluator, one_hot_labels, train_cvae
 
 from ._common import Cli, FieldFlag, data_sizes, elbo_metrics, header, load_splits, save_figure
@@ -54,7 +54,7 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     params = result.state.params
 
     start = time.perf_counter()
-    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 2), 4)
+    keys = jax.random.split(streams.stream(config.seed, streams.EVALUATIONS), 4)  # training evaluates nothing
     evaluator = make_evaluator(cvae, config, config.final_iwae_samples)
     test_elbo = evaluator.elbo(keys[0], params, jnp.asarray(test), c_test)
     train_elbo = evaluator.elbo(keys[1], params, jnp.asarray(train), c_train)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import artifacts, io, rundir
+from vi_jax import artifacts, io, rundir, streams
 from vi_jax.config import Rule, apply_overrides, check_fields, count, from_dict, real
 from vi_jax.data import subset
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
@@ -51,9 +51,6 @@ from ._common import RESUME, base_parser, progress_log, run_kwargs
 from .train_vae import evaluate_and_save
 
 EVALUATIONS_PER_RUN = 40  # validation points on the curve (eval_every = num_epochs / this)
-# Held-out subsets draw from fold_in(fold_in(PRNGKey(seed), HELD_OUT_KEY), i), i = 0 test, 1 the
-# test rows standing in for validation; 0-4 are train_vae's and the test binarization's.
-HELD_OUT_KEY = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +130,8 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
         for gap_config in gap_configs.values():
             gap_config.validate()
             gap.choose_rows(gap_config, dataset, {"train": train, "test": test})
-    held_out_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), HELD_OUT_KEY)
+    # held-out subsets: fold_in(held_out_key, i), i = 0 the test rows, 1 the test rows standing in for validation
+    held_out_key = streams.stream(config.seed, streams.HELD_OUT_ROWS)
     if dataset.valid is not None:  # Larochelle's validation file is in random order
         valid = subset(None, dataset.valid, options.num_valid, "first", order=dataset.ordered_splits.get("valid"),
                        name=f"{config.dataset} valid")[1]
@@ -147,7 +145,7 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
     if options.num_test:
         index, test = subset(jax.random.fold_in(held_out_key, 0), test, options.num_test)
         test_rows = {"choice": "random", "n": len(index), "of": test_rows["of"],
-                     "subset_key": f"fold_in(fold_in(PRNGKey({config.seed}), {HELD_OUT_KEY}), 0)",
+                     "subset_key": f"fold_in(fold_in(PRNGKey({config.seed}), {streams.HELD_OUT_ROWS}), 0)",
                      "indices": index.tolist()}
     vae = build_vae(config, dataset.dim, steps_per_epoch=len(train) // config.batch_size)
     log(f"{preset_name}: {config.num_epochs} epochs in stages {config.stage_epochs} at batch "

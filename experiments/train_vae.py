@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, plotting, rundir, visualize
+from vi_jax import io, plotting, rundir, streams, visualize
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator, train_vae
 
 from ._common import DATASET, RESUME, Cli, RunFlags, data_sizes, elbo_metrics, header, save_figure
@@ -102,7 +102,7 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
     metrics.json last, after adding its own fields)."""
     params = result.state.params
     start = time.perf_counter()
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3)
+    eval_key = streams.stream(config.seed, streams.FINAL_EVALUATION)
     keys = jax.random.split(eval_key, 4)
     evaluator = make_evaluator(vae, config, config.final_iwae_samples)
     test_elbo = evaluator.elbo(keys[0], params, jnp.asarray(test))

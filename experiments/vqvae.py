@@ -39,9 +39,8 @@ def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progr
     config.validate()
     dataset, train, test = load_splits(config, data_dir)
     vq = build_vqvae(config, dataset.dim)
-    state, history, train_seconds = train_vqvae(vq, config, train, progress=progress,
-                                                metrics=rundir.live_path(workdir, "metrics.jsonl"))
-    params = state.params
+    result = train_vqvae(vq, config, train, progress=progress, metrics=rundir.live_path(workdir, "metrics.jsonl"))
+    params, history, train_seconds = result.state.params, result.history, result.seconds
 
     start = time.perf_counter()
     test_terms, train_terms = (evaluate(vq, params, x, config.eval_batch_size) for x in (test, train))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import reproduce
-from vi_jax import data
+from vi_jax import data, streams
 
 TINY = ["--epochs-scale", "0.001", "--num-train", "200", "--num-test", "40", "--num-valid", "40",
         "--no-progress", "--set", "dataset=digits", "--set", "latent_dim=2", "--set", "encoder_hidden=16",
@@ -38,7 +38,7 @@ def test_iwae_preset_runs_and_reports_against_the_paper(tmp_path):
         assert os.path.exists(tmp_path / "a" / name), name
     # --num-test 40: a seeded random 40 of digits' 300 test rows, not the first 40
     rows = metrics["test_rows"]
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), reproduce.HELD_OUT_KEY), 0)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), streams.HELD_OUT_ROWS), 0)
     assert (rows["choice"], rows["n"], rows["of"], metrics["n_test"]) == ("random", 40, 300, 40)
     assert rows["indices"] == np.sort(np.asarray(jax.random.permutation(key, 300))[:40]).tolist()
     # resuming is train_vae's (tests/test_scale.py kills a run and resumes it bit for bit)

@@ -116,7 +116,8 @@ def test_short_training_lowers_the_loss_and_counts_every_code():
                          decoder_hidden=(16,), batch_size=50, num_epochs=10, learning_rate=1e-2)
     x = data.load_dataset("digits").train[:200]
     vq = build_vqvae(config, x.shape[1])
-    state, history, _ = train_vqvae(vq, config, x, progress=False)
+    result = train_vqvae(vq, config, x, progress=False)
+    state, history = result.state, result.history
     initial = vq.algorithm.init(jax.random.fold_in(jax.random.PRNGKey(0), 0), x[0]).params
     before, after = (evaluate(vq, params, x, batch_size=64) for params in (initial, state.params))
     assert len(history) == 10 and int(state.step) == 10 * (200 // 50)

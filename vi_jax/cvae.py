@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
@@ -25,18 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vi_jax import networks
+from vi_jax import networks, streams
 from vi_jax.config import Rule, check_fields, count, one_of, real, widths
 from vi_jax.data import DATASETS
 from vi_jax.distributions import Likelihood, get_likelihood
 from vi_jax.elbo import (IWAE_CHUNK_SIZE, ElboTerms, IwaeTerms, elbo_rows_per_step, make_elbo, make_iwae,
                          map_datapoints)
 from vi_jax.families import VariationalFamily, diagonal_gaussian
-from vi_jax.metrics import MetricsTarget, open_writer
+from vi_jax.loop import TrainResult, run_epochs
+from vi_jax.metrics import MetricsTarget
 from vi_jax.models import LatentVariableModel
-from vi_jax.progress import trange
-from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step, first_nonfinite, make_epoch
-from vi_jax.vae import TrainResult
+from vi_jax.train import Algorithm, TrainInfo, TrainState, gradient_step, make_epoch
 
 Array = jax.Array
 Params = dict
@@ -243,30 +241,22 @@ def make_evaluator(cvae: CVAE, config: CVAEConfig, iwae_samples: int) -> Evaluat
 def train_cvae(cvae: CVAE, config: CVAEConfig, x, labels, *, progress: bool = True,
                metrics: MetricsTarget = None) -> TrainResult:
     """config.num_epochs fused epochs of conditional_vi with Adam(config.learning_rate) on (x, one-hot
-    labels). Keys: init fold_in(seed, 0), epoch e fold_in(fold_in(seed, 1), e). History: the
+    labels), on vi_jax.loop. Keys (vi_jax.streams): init fold_in(seed, INIT), epoch e
+    fold_in(fold_in(seed, EPOCHS), e). History: the
     mean training ELBO of each epoch. FloatingPointError at the first NaN/inf objective.
     metrics (a path or a vi_jax.metrics writer): one "train" line per epoch."""
     config.validate()
     x = jnp.asarray(x)
     c = one_hot_labels(labels, cvae.num_classes, x.shape[0])
     algorithm = conditional_vi(cvae, optax.adam(config.learning_rate), num_samples=config.num_samples)
-    root = jax.random.PRNGKey(config.seed)
-    state = algorithm.init(jax.random.fold_in(root, 0))
-    epoch_fn = make_epoch(algorithm.step, config.batch_size)
-    history = []
-    writer = open_writer(metrics)
-    start = time.perf_counter()
-    for epoch in trange(1, config.num_epochs + 1, enabled=progress):
-        state, infos = epoch_fn(jax.random.fold_in(jax.random.fold_in(root, 1), epoch), state, (x, c))
-        bad = first_nonfinite(infos)
-        if bad is not None:
-            raise FloatingPointError(f"non-finite training objective at epoch {epoch}, step {bad}: "
-                                     f"loss={float(infos.loss[bad])}; lower the learning rate or check the data")
+    state = algorithm.init(streams.stream(config.seed, streams.INIT))
+
+    def summarize(epoch, infos):
         # one transfer for all the epoch's means (the history's train_elbo as it always was)
         elbo, loss, beta = jax.device_get((infos.elbo.mean(), infos.loss.mean(), infos.kl_weight.mean()))
-        history.append({"epoch": epoch, "train_elbo": float(elbo)})
-        if writer is not None:
-            writer.write({"kind": "train", **history[-1], "train_loss": float(loss), "kl_weight": float(beta),
-                          "learning_rate": config.learning_rate, "seconds": time.perf_counter() - start})
-    jax.block_until_ready(state)
-    return TrainResult(state, history, time.perf_counter() - start)
+        return {"train_elbo": float(elbo)}, {"train_loss": float(loss), "kl_weight": float(beta),
+                                             "learning_rate": config.learning_rate}
+
+    return run_epochs(make_epoch(algorithm.step, config.batch_size), state, (x, c),
+                      epoch_key=streams.stream(config.seed, streams.EPOCHS), num_epochs=config.num_epochs,
+                      summarize=summarize, metrics=metrics, progress=progress)

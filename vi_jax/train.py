@@ -50,7 +50,10 @@ class Algorithm(NamedTuple):
 
 
 def kl_weight(step: Array, warmup_steps: int) -> Array:
-    """KL warm-up: beta_t = min(1, (t + 1) / warmup_steps); 1 when warmup_steps = 0."""
+    """KL warm-up: beta_t = min(1, (t + 1) / warmup_steps); 1 when warmup_steps = 0.
+
+    Not optax.linear_schedule: its interpolation init + (end - init) * t / T rounds differently
+    in the last bit, and trained runs (their checkpoints) must resume bit for bit."""
     if warmup_steps <= 0:
         return jnp.array(1.0)
     return jnp.minimum(1.0, (step + 1) / warmup_steps)
@@ -158,14 +161,13 @@ def dynamically_binarized(algorithm: Algorithm) -> Algorithm:
 def staged_learning_rate(stage_epochs, stage_rates, steps_per_epoch: int) -> optax.Schedule:
     """Piecewise-constant rate: stage s lasts stage_epochs[s] epochs at stage_rates[s].
 
-    The optimizer's update t (0-based) lies in epoch floor(t / steps_per_epoch) + 1, so its stage
-    is the number of stage boundaries (cumulative epochs x steps_per_epoch) at or below t.
+    The optimizer's update t (0-based) lies in epoch floor(t / steps_per_epoch) + 1; stage s + 1
+    begins at update (stage_epochs[0] + ... + stage_epochs[s]) x steps_per_epoch.
     """
     if len(stage_epochs) != len(stage_rates) or not stage_epochs:
         raise ValueError(f"need one rate per stage, got {len(stage_epochs)} stages and {len(stage_rates)} rates")
-    boundaries = jnp.asarray(np.cumsum(stage_epochs)[:-1] * steps_per_epoch)
-    rates = jnp.asarray(stage_rates, jnp.float32)
-    return lambda count: rates[jnp.searchsorted(boundaries, count, side="right")]
+    boundaries = [int(b) for b in np.cumsum(stage_epochs)[:-1] * steps_per_epoch]
+    return optax.join_schedules([optax.constant_schedule(float(r)) for r in stage_rates], boundaries)
 
 
 def stage_of_epoch(stage_epochs, epoch: int) -> int:

@@ -1,9 +1,8 @@
-"""The VAE: its configuration, construction, training loop and evaluation."""
+"""The VAE: its configuration, construction, training (on vi_jax.loop) and evaluation."""
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Callable, ClassVar, NamedTuple, Optional
 
 import flax.linen as nn
@@ -12,18 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vi_jax import data, io, networks, rundir, sharding
+from vi_jax import data, io, networks, rundir, sharding, streams
 from vi_jax.checkpoint import CheckpointError, Checkpointer
+from vi_jax.loop import Checkpointing, TrainResult, run_epochs
 from vi_jax.config import Rule, check_fields, count, from_dict, one_of, real, widths
 from vi_jax.distributions import get_likelihood
 from vi_jax.elbo import KL_FORMS, elbo_rows_per_step, make_elbo, make_iwae, map_datapoints
 from vi_jax.estimators import ESTIMATORS
 from vi_jax.families import VariationalFamily, get_family
-from vi_jax.metrics import MetricsTarget, open_writer
+from vi_jax.metrics import MetricsTarget
 from vi_jax.models import LatentVariableModel, decoder_model
-from vi_jax.progress import trange
 from vi_jax.train import (OBJECTIVES, WARMUP_TERMS, Algorithm, TrainState, amortized_vi, dynamically_binarized,
-                          first_nonfinite, make_epoch, non_amortized_vi, semi_amortized_vi,
+                          make_epoch, non_amortized_vi, semi_amortized_vi,
                           stage_of_epoch, staged_learning_rate)
 
 Array = jax.Array
@@ -191,12 +190,12 @@ def load_training_data(config: VAEConfig, data_dir: Optional[str] = None):
     """(dataset, train, test): the dataset the config names, both splits validated for its
     likelihood (float32 [N, D]; errors name the split and the problem). With
     dynamic_binarization the test split is one fixed draw x ~ Bernoulli(grey x) (key
-    fold_in(seed, 4)); the training split stays grey and is resampled at every step."""
+    streams.HELD_OUT_BINARIZATION); the training split stays grey and is resampled at every step."""
     dataset = data.load_dataset(config.dataset, data_dir=data_dir, seed=config.seed)
     train, test = (data.validate_data(getattr(dataset, split), likelihood=config.likelihood,
                                       name=f"{config.dataset} {split}") for split in ("train", "test"))
     if config.dynamic_binarization:  # held-out data binarized once, with a key of its own
-        test_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4)
+        test_key = streams.stream(config.seed, streams.HELD_OUT_BINARIZATION)
         test = np.asarray(jax.random.bernoulli(test_key, test), np.float32)
     return dataset, train, test
 
@@ -240,13 +239,6 @@ def pixel_mean_logits(x: Array) -> Array:
     return jnp.log(mean) - jnp.log1p(-mean)
 
 
-class TrainResult(NamedTuple):
-    state: TrainState
-    history: list  # one dict per epoch (train ELBO) and per evaluation (held-out numbers)
-    seconds: float  # training wall time of epochs timed_from_epoch..num_epochs, over all segments
-    timed_from_epoch: int = 1  # > 1 only when resumed from a checkpoint that recorded no time
-
-
 def _place_on_mesh(vae: VAE, state: TrainState, data, mesh):
     """Replicate state and data over the mesh; shard a q_i table and its optimizer state by rows."""
     state = jax.device_put(state, sharding.replicated(mesh))
@@ -264,9 +256,9 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     """Train for config.num_epochs fused epochs, evaluating on eval_data every eval_every epochs
     (held-out evaluation needs an encoder, so it is skipped in non_amortized mode).
 
-    Keys: init = fold_in(seed, 0), epoch e = fold_in(fold_in(seed, 1), e), evaluation at epoch
-    e = fold_in(fold_in(seed, 2), e): a run resumed from a checkpoint continues exactly as the
-    uninterrupted run. With checkpoint_dir, the state is saved every config.checkpoint_every
+    Keys (vi_jax.streams): init = fold_in(seed, INIT), epoch e = fold_in(fold_in(seed, EPOCHS),
+    e), evaluation at epoch e = fold_in(fold_in(seed, EVALUATIONS), e): a run resumed from a
+    checkpoint continues exactly as the uninterrupted run (vi_jax.loop). With checkpoint_dir, the state is saved every config.checkpoint_every
     epochs and at the end; resume=True continues from the newest checkpoint there (a missing,
     unreadable, damaged or mismatched checkpoint is an error, never a silent fresh start;
     resume_fallback=True resumes from the newest intact one instead). Raises
@@ -274,10 +266,8 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
     metrics (a path or a vi_jax.metrics writer): one "train" line per epoch and one "eval" line
     per evaluation; a resumed run drops the lines of epochs after its checkpoint.
     """
-    root = jax.random.PRNGKey(config.seed)
-    init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
     train_data = jnp.asarray(train_data)
-    state = vae.algorithm.init(init_key, train_data[0])
+    state = vae.algorithm.init(streams.stream(config.seed, streams.INIT), train_data[0])
     if config.decoder_output_bias == "data_mean":
         decoder = networks.with_output_bias(state.params["decoder"], pixel_mean_logits(train_data))
         state = state._replace(params={**state.params, "decoder": decoder})
@@ -287,71 +277,36 @@ def train_vae(vae: VAE, config: VAEConfig, train_data: Array, eval_data: Optiona
         mesh = sharding.data_mesh(config.num_devices)
         state, batches_from = _place_on_mesh(vae, state, batches_from, mesh)
         step = sharding.data_parallel(step, mesh)
-    epoch_fn = make_epoch(step, config.batch_size)
-    has_encoder = vae.encoder is not None
-    evaluator = make_evaluator(vae, config, config.eval_iwae_samples) if eval_data is not None and has_encoder else None
-    history, first_epoch, earlier_seconds, timed_from_epoch = [], 1, 0.0, 1
-    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
-    if checkpointer is not None:
-        if resume:
-            last, state, metadata = checkpointer.restore(state, dataclasses.asdict(config),
-                                                          defaults=dataclasses.asdict(VAEConfig()),
-                                                          fallback=resume_fallback)
-            if last > config.num_epochs:
-                raise CheckpointError(f"{checkpointer.directory}/{last}: the checkpoint is of epoch {last}, beyond "
-                                      f"num_epochs={config.num_epochs}; resume with num_epochs >= {last}")
-            history, first_epoch = metadata["history"], last + 1
-            if "train_seconds" in metadata:
-                earlier_seconds = metadata["train_seconds"]
-            else:  # written before checkpoints recorded their time
-                timed_from_epoch = first_epoch
-        elif checkpointer.latest_epoch() is not None:
-            raise CheckpointError(f"{checkpointer.directory} already holds checkpoints: resume the run "
-                                  "or use a fresh directory")
-    elif resume:
+    if resume and not checkpoint_dir:
         raise CheckpointError("resume=True needs a checkpoint_dir")
-    writer = open_writer(metrics, first_epoch)
-    start = time.perf_counter()
-    bar = trange(first_epoch, config.num_epochs + 1, enabled=progress)
-    for epoch in bar:
-        state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, batches_from)
-        bad = first_nonfinite(infos)
-        if bad is not None:
-            verified = checkpointer.newest_verified(state) if checkpointer is not None else None
-            kept = "" if verified is None else \
-                f"; the last verified checkpoint is epoch {verified} in {checkpointer.directory}"
-            quantities = [name for name in ("loss", "elbo") if not np.isfinite(float(getattr(infos, name)[bad]))]
-            raise FloatingPointError(
-                f"non-finite training objective at epoch {epoch}, step {bad} of the epoch "
-                f"({' and '.join(quantities)} non-finite): "
-                f"loss={float(infos.loss[bad])}, elbo={float(infos.elbo[bad])}; "
-                f"lower the learning rate, set grad_clip_norm, or check the data{kept}")
+    checkpointing = None if not checkpoint_dir else Checkpointing(
+        Checkpointer(checkpoint_dir), dataclasses.asdict(config), every=config.checkpoint_every, resume=resume,
+        fallback=resume_fallback, defaults=dataclasses.asdict(VAEConfig()))
+
+    def summarize(epoch, infos):
         # one transfer for all the epoch's means (the history's train_elbo as it always was)
         elbo, loss, beta = jax.device_get((infos.elbo.mean(), infos.loss.mean(), infos.kl_weight.mean()))
-        record = {"epoch": epoch, "train_elbo": float(elbo)}
+        record = {"train_elbo": float(elbo)}
         if config.stage_epochs:
             record["stage"] = stage_of_epoch(config.stage_epochs, epoch)
-        if writer is not None:
-            rate = config.stage_learning_rates[record["stage"] - 1] if config.stage_epochs else config.learning_rate
-            writer.write({"kind": "train", **record, "train_loss": float(loss), "kl_weight": float(beta),
-                          "learning_rate": rate, "seconds": earlier_seconds + time.perf_counter() - start})
-        if evaluator is not None and config.eval_every and epoch % config.eval_every == 0:
-            key = jax.random.fold_in(eval_key, epoch)
-            evaluation = {"eval_elbo": float(evaluator.elbo(key, state.params, eval_data).mean()),
-                          f"eval_iwae_{config.eval_iwae_samples}": float(
-                              evaluator.iwae(key, state.params, eval_data).bound.mean())}
-            record.update(evaluation)
-            if writer is not None:
-                writer.write({"kind": "eval", "epoch": epoch, **evaluation,
-                              "seconds": earlier_seconds + time.perf_counter() - start})
-        history.append(record)
-        bar.set_postfix({k: round(v, 2) for k, v in record.items() if k != "epoch"})
-        if checkpointer is not None and (epoch == config.num_epochs or
-                                         (config.checkpoint_every and epoch % config.checkpoint_every == 0)):
-            checkpointer.save(epoch, state, {"config": dataclasses.asdict(config), "history": history,
-                                             "train_seconds": earlier_seconds + time.perf_counter() - start})
-    jax.block_until_ready(state)
-    return TrainResult(state, history, earlier_seconds + time.perf_counter() - start, timed_from_epoch)
+        rate = config.stage_learning_rates[record["stage"] - 1] if config.stage_epochs else config.learning_rate
+        return record, {"train_loss": float(loss), "kl_weight": float(beta), "learning_rate": rate}
+
+    def evaluate(epoch, state):
+        key = jax.random.fold_in(eval_key, epoch)
+        return {"eval_elbo": float(evaluator.elbo(key, state.params, eval_data).mean()),
+                f"eval_iwae_{config.eval_iwae_samples}": float(
+                    evaluator.iwae(key, state.params, eval_data).bound.mean())}
+
+    held_out = eval_data is not None and vae.encoder is not None
+    if held_out:
+        evaluator = make_evaluator(vae, config, config.eval_iwae_samples)
+        eval_key = streams.stream(config.seed, streams.EVALUATIONS)
+    return run_epochs(make_epoch(step, config.batch_size), state, batches_from,
+                      epoch_key=streams.stream(config.seed, streams.EPOCHS), num_epochs=config.num_epochs,
+                      summarize=summarize, evaluate=evaluate if held_out else None, eval_every=config.eval_every,
+                      checkpointing=checkpointing, metrics=metrics, progress=progress,
+                      advice="lower the learning rate, set grad_clip_norm, or check the data")
 
 
 def load_trained_vae(workdir: str, *, verify: bool = True) -> tuple[VAEConfig, VAE, dict]:

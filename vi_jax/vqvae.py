@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from typing import Callable, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -32,13 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vi_jax import networks
+from vi_jax import networks, streams
 from vi_jax.config import Rule, check_fields, count, one_of, real, widths
 from vi_jax.data import DATASETS
 from vi_jax.distributions import Likelihood, get_likelihood
-from vi_jax.metrics import MetricsTarget, open_writer
-from vi_jax.progress import trange
-from vi_jax.train import Algorithm, TrainState, first_nonfinite, make_epoch
+from vi_jax.loop import TrainResult, run_epochs
+from vi_jax.metrics import MetricsTarget
+from vi_jax.train import Algorithm, TrainState, make_epoch
 
 Array = jax.Array
 
@@ -259,29 +258,18 @@ def reconstruct(vq: VQModel, params, data: Array) -> Array:
 
 
 def train_vqvae(vq: VQModel, config: VQVAEConfig, train_data: Array, *, progress: bool = True,
-                metrics: MetricsTarget = None) -> tuple[TrainState, list, float]:
-    """(state, history, seconds): config.num_epochs fused epochs (train.make_epoch); init key
-    fold_in(seed, 0), epoch e key fold_in(fold_in(seed, 1), e). history holds each epoch's mean
-    loss parts and batch perplexity. Raises FloatingPointError at the first NaN/inf loss.
+                metrics: MetricsTarget = None) -> TrainResult:
+    """config.num_epochs fused epochs on vi_jax.loop; keys (vi_jax.streams): init
+    fold_in(seed, INIT), epoch e fold_in(fold_in(seed, EPOCHS), e). The history holds each
+    epoch's mean loss parts and batch perplexity. Raises FloatingPointError at the first NaN/inf loss.
     metrics (a path or a vi_jax.metrics writer): one "train" line per epoch."""
-    root = jax.random.PRNGKey(config.seed)
-    init_key, train_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
     train_data = jnp.asarray(train_data)
-    state = vq.algorithm.init(init_key, train_data[0])
-    epoch_fn = make_epoch(vq.algorithm.step, config.batch_size)
-    history = []
-    writer = open_writer(metrics)
-    start = time.perf_counter()
-    for epoch in trange(1, config.num_epochs + 1, enabled=progress):
-        state, infos = epoch_fn(jax.random.fold_in(train_key, epoch), state, train_data)
-        bad = first_nonfinite(infos)
-        if bad is not None:
-            raise FloatingPointError(f"non-finite VQ-VAE loss at epoch {epoch}, step {bad} of the epoch: "
-                                     f"loss={float(infos.loss[bad])}; lower the learning rate or check the data")
-        history.append({"epoch": epoch, **{name: float(jnp.mean(value))
-                                           for name, value in infos._asdict().items()}})
-        if writer is not None:
-            writer.write({"kind": "train", **history[-1], "learning_rate": config.learning_rate,
-                          "seconds": time.perf_counter() - start})
-    jax.block_until_ready(state)
-    return state, history, time.perf_counter() - start
+    state = vq.algorithm.init(streams.stream(config.seed, streams.INIT), train_data[0])
+
+    def summarize(epoch, infos):
+        return {name: float(jnp.mean(value)) for name, value in infos._asdict().items()}, \
+            {"learning_rate": config.learning_rate}
+
+    return run_epochs(make_epoch(vq.algorithm.step, config.batch_size), state, train_data,
+                      epoch_key=streams.stream(config.seed, streams.EPOCHS), num_epochs=config.num_epochs,
+                      summarize=summarize, metrics=metrics, progress=progress, what="VQ-VAE loss")

@@ -89,16 +89,16 @@ def worker_amortized(p: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from vi_jax import streams
     from vi_jax.train import make_epoch
 
     rows = p.get("rows", 60000)
     data = jax.device_put(jnp.asarray(synthetic_binary_data(rows, p.get("peers_dir"))))
     config, vae = _peers_vae()
-    root = jax.random.PRNGKey(config.seed)
-    state = vae.algorithm.init(jax.random.fold_in(root, 0), data[0])
+    state = vae.algorithm.init(streams.stream(config.seed, streams.INIT), data[0])
     epoch = make_epoch(vae.algorithm.step, config.batch_size)
     steps_per_epoch = rows // config.batch_size
-    train_key = jax.random.fold_in(root, 1)
+    train_key = streams.stream(config.seed, streams.EPOCHS)  # train_vae's epoch keys
 
     start = time.perf_counter()
     compiled = epoch.lower(train_key, state, data).compile()
