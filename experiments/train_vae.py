@@ -11,8 +11,8 @@ epoch, held-out ELBO and IWAE at the evaluations), manifold.png (latent_dim == 2
 params.msgpack (flax serialization of
 {"encoder", "decoder"}), published together with MANIFEST.json (vi_jax.rundir); metrics.jsonl
 grows by a line per epoch and per evaluation while the run trains (vi_jax.metrics).
-Expected with the defaults (seed 0, CPU): test ELBO -17.95 +- 0.25, test IWAE_5000 -16.15 +- 0.22
-nats, in about 20 s on 2 CPU cores.
+Expected figures: experiments/benchmark/references/default.json; check a fresh run against them with
+    python -m experiments.benchmark --only train_vae --no-peers --check experiments/benchmark/references/default.json
 """
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """The benchmark suite: its registry, the --check comparison (pure functions, synthetic inputs),
-the committed references (read, never rerun), and
+the committed references and the experiment docstrings that name them (read, never rerun), and
 one --quick speed benchmark of our own code path (no peers, no timing assertions)."""
+import ast
 import glob
 import json
 import os
+import re
 
 import pytest
 
@@ -11,6 +13,7 @@ from experiments.benchmark import check, harness, results, suite, workers
 from experiments.benchmark.report import check_markdown
 
 REFERENCES = os.path.join(os.path.dirname(suite.__file__), "references")
+EXPERIMENTS_DIR = os.path.dirname(os.path.dirname(suite.__file__))
 ENV = {"backend": "cpu", "devices": ["cpu:cpu"], "versions": {"jax": "0.10.2", "jaxlib": "0.10.2"}}
 
 
@@ -174,3 +177,22 @@ def test_committed_references_are_checkable_and_identical_to_themselves():
     assert load_reference("quick.json")["quick"] is True and set(load_reference("quick.json")["benchmarks"]) == result_names
     assert load_reference("default.json")["quick"] is False
 
+
+def test_experiment_docstrings_name_a_reference_that_holds_their_benchmark():
+    """No experiment docstring quotes expected figures by hand: an "Expected figures:" line names
+    a committed reference and the --check command of the experiment's own benchmark, which that
+    reference holds."""
+    named = {}
+    for path in sorted(glob.glob(os.path.join(EXPERIMENTS_DIR, "*.py"))):
+        doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+        assert not re.search(r"^Expected with", doc, re.M), f"{path}: hand-quoted expected figures"
+        match = re.search(r"Expected figures: (experiments/benchmark/references/(\w+\.json))( \([^)]*\))?; check "
+                          r"a fresh run against them with python -m experiments\.benchmark --only (\w+) --no-peers "
+                          r"--check \1(?!\S)", " ".join(doc.split()))
+        if match:
+            module = os.path.basename(path)[:-3]
+            assert match.group(4) == module, path
+            assert module in load_reference(match.group(2))["benchmarks"], path
+            named[module] = match.group(2)
+    assert set(named) >= {"gap", "oracle_gap", "train_vae", "cvae", "vqvae", "mixture_vi", "gap_over_training",
+                          "local_fit_accuracy", "marginal_likelihood", "estimator_variance"}
