@@ -35,20 +35,17 @@ Writes into --workdir (atomically, estimator_variance.json last): estimator_vari
 estimator_variance.md (tables) and variance_vs_samples.png (total variance against M, log-log);
 metrics.jsonl while it trains a VAE (vi_jax.metrics).
 
-Expected with --vae and otherwise the defaults (seed 0, CPU), total variance per datapoint as a
-ratio to reparam/analytic at M = 2 / M = 32 (reparam/analytic itself: 1.94e4 / 1.25e3 at the
-prior, 98.8 / 6.20 at q*_FFG, 63.7 / 3.99 on the VAE):
-                            linear, prior   linear, q*_FFG   VAE, q_phi
-    reparam/mc              1.03 / 1.03     1.04 / 1.04      1.15 / 1.15
-    stl/mc                  1.00 / 1.00     0.115 / 0.114    0.43 / 0.42
-    score_function/analytic 19.6 / 12.8     6.26 / 4.47      12.8 / 7.88
-    score_function/mc       19.7 / 12.8     1.62 / 1.42      6.46 / 4.12
-Reparameterized variances fall exactly as 1/M, the score function's slightly faster (its
-leave-one-out baseline improves with M). At the prior q = p(z), where the KL's path gradient is
-0, STL equals reparam/analytic draw for draw. Near the optimum the entropy-form score
-function is far less noisy than with the closed-form KL: its f = log p(x, z) - log q(z) is then
-nearly constant. Unbiased throughout: max abs z 3.8 against the exact gradients (320 coordinates
-per estimator), 4.1 in the VAE's paired comparisons (640).
+Expected figures: experiments/benchmark/references/quick.json (the --quick --vae run; the
+default --vae run's table is in BENCHMARKS.md, "Figures no reference checks"); check a fresh
+run against them with
+    python -m experiments.benchmark --only estimator_variance --no-peers --check experiments/benchmark/references/quick.json
+With --vae and otherwise the defaults: reparameterized variances fall exactly as 1/M, the score
+function's slightly faster (its leave-one-out baseline improves with M). At the prior q = p(z),
+where the KL's path gradient is 0, STL equals reparam/analytic draw for draw. Near the optimum
+the entropy-form score function is far less noisy than with the closed-form KL: its
+f = log p(x, z) - log q(z) is then nearly constant. Every estimator is unbiased: its max |z|
+against the exact gradients (and in the VAE's paired comparisons) stays within what that many
+coordinates give by chance.
 """
 from __future__ import annotations
 

@@ -17,9 +17,8 @@ proposal, the larger over the families: log_px_iwae; with protocol.ais_proposal 
 from that proposal, log_px_ais (vi_jax.ais; 16 chains x 100 steps by default), and log p(x) is
 the larger of the two per datapoint, as in Cremer et al. 2018), and the semi-amortized ELBO
 after K refinement steps from the encoder's output. AIS is off by default: it adds about 40% to
-the run time. With it (16 chains x 100 steps from q*_FFG), test split: log_px_iwae -16.11,
-log_px_ais -16.14, log p(x) (the larger per datapoint, AIS on 122 of 300 points) -16.08, HMC
-acceptance 0.75.
+the run time (its figures with 16 chains x 100 steps from q*_FFG: BENCHMARKS.md, "Figures no
+reference checks").
 
 Writes into --workdir (each file atomically, gap.json last): gap.json (per split: n_eval and
 {"mean", "stderr"} of log_px, log_px_iwae (with AIS also log_px_ais, ais_acceptance_rate,
@@ -32,9 +31,10 @@ config, environment, wall seconds of each stage), gap.md (the same as tables),
 gap_bars.png, local_vs_amortized.png, refinement.png, gap_<split>.npz (per-datapoint arrays),
 and vae_params.msgpack when it trained the VAE.
 
-Expected with the defaults (seed 0, CPU), test split: log p(x) -16.11, L[q_phi] -17.94,
-L[q*_FFG] -16.88, L[q*_flow] -16.68; approximation gap FFG 0.77 +- 0.01, amortization gap FFG
-1.07 +- 0.05 (flow: 0.57 and 1.26).
+Expected figures: experiments/benchmark/references/quick.json (the --quick run; the default
+run's figures are in BENCHMARKS.md, "Figures no reference checks"); check a fresh run against
+them with
+    python -m experiments.benchmark --only gap --no-peers --check experiments/benchmark/references/quick.json
 """
 from __future__ import annotations
 

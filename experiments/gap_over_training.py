@@ -20,11 +20,11 @@ over datapoints; local-fit convergence per epoch; the training history; seed, co
 environment, wall seconds), gap_over_training.md (tables) and gap_over_training.png (the three
 gaps against epoch, train and test panels).
 
-Expected with the defaults (seed 0, CPU; 77 s wall on 2 cores shared with another run): over
-epochs 25 -> 200 the test split's amortization gap grows from 0.65 +- 0.06 to 0.96 +- 0.11 nats
-(the encoder overfits the 1497 training digits) while the training split's stays at
-0.45 +- 0.04 -> 0.41 +- 0.03; the FFG approximation gap grows on both (train 0.41 -> 0.71, test
-0.51 -> 0.89) as the decoder's posteriors become less Gaussian.
+Expected figures: experiments/benchmark/references/default.json; check a fresh run against them with
+    python -m experiments.benchmark --only gap_over_training --no-peers --check experiments/benchmark/references/default.json
+With the defaults, over epochs 25 -> 200 the test split's amortization gap grows (the encoder
+overfits the 1497 training digits) while the training split's stays level, and the FFG
+approximation gap grows on both as the decoder's posteriors become less Gaussian.
 """
 from __future__ import annotations
 

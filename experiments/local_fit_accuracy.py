@@ -26,11 +26,10 @@ local_fit_accuracy.json (seed, config, environment, the protocols' names and set
 problem the table's figures and the oracles' accuracy), local_fit_accuracy.md (the table) and
 local_fit_accuracy.png (max shortfall against decoder evaluations per row).
 
-Expected with the defaults (seed 0, CPU; BENCHMARKS.md, "Local fit accuracy on the oracles", has
-the whole table), nats short from the encoder-like start, mean / max over 20 rows:
-  reference 0.0075 / 0.015 (d = 4), 0.29 / 0.52 (d = 50), 0.0058 / 0.024 (VAE);
-  authors   0.00055 / 0.0014, 0.025 / 0.041, 0.00027 / 0.00084;
-  accurate  0.0003 / 0.00065, 0.0053 / 0.008, 0.0002 / 0.00049.
+Expected figures: experiments/benchmark/references/quick.json (the --quick run; the default
+run's table is in BENCHMARKS.md, "Local fit accuracy on the oracles"); check a fresh run
+against them with
+    python -m experiments.benchmark --only local_fit_accuracy --no-peers --check experiments/benchmark/references/quick.json
 """
 from __future__ import annotations
 

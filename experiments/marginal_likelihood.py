@@ -28,15 +28,13 @@ marginal_likelihood.md, error_vs_dim.png (mean |error| against d, log scale) and
 marginal_likelihood.npz (per d: the model's W, b, log_psi, the data x, every per-datapoint exact
 value and estimate).
 
-Expected with the defaults (seed 0, CPU; E = 43800), mean error in nats (± its standard error):
-  d    naive              IWAE with q*     AIS from prior    AIS from q*
-  2    +0.010 ± 0.006     -0.000 ± 0.000   +0.002 ± 0.026    +0.000 ± 0.000
-  10   -2.503 ± 0.541     -0.000 ± 0.000   -0.008 ± 0.101    +0.004 ± 0.003
-  20   -31.79 ± 3.45      -0.000 ± 0.000   -0.191 ± 0.177    +0.004 ± 0.006
-  50   -185.5 ± 10.2      -0.001 ± 0.001   -2.382 ± 0.336    -0.002 ± 0.004
-The naive estimator collapses with d; AIS from the prior degrades slowly (T = 200 steps cover
-~1.3 d nats of KL); q*_FFG is nearly the posterior on these models, so importance sampling with
-it is all but exact and AIS from it keeps that accuracy.
+Expected figures: experiments/benchmark/references/quick.json (the --quick run; the default
+run's table is in BENCHMARKS.md, "Figures no reference checks"); check a fresh run against them
+with
+    python -m experiments.benchmark --only marginal_likelihood --no-peers --check experiments/benchmark/references/quick.json
+With the defaults the naive estimator collapses with d; AIS from the prior degrades slowly
+(T = 200 steps cover ~1.3 d nats of KL); q*_FFG is nearly the posterior on these models, so
+importance sampling with it is all but exact and AIS from it keeps that accuracy.
 """
 from __future__ import annotations
 

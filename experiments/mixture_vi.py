@@ -18,12 +18,11 @@ Writes --workdir/metrics.json (atomically): per method the mean over training po
 stderr) of log p(x), ELBO, KL(q || p(z|x)) before and after the refit and their difference; the
 encoder's KL on held-out points; held-out log p(x) under each learned theta and under the truth;
 seed, config, environment, wall times.
-Expected with the defaults (seed 0, CPU), mean KL(q || p(z|x)) over the training points, nats:
-amortized 0.00009 (stderr 0.00001), local 0.00052 (0.00005), both < 1e-8 after the refit; held-out
-log p(x) -3.780 (amortized), -3.834 (local), -3.766 (truth). The table gets one step per row per
+Expected figures: experiments/benchmark/references/default.json; check a fresh run against them with
+    python -m experiments.benchmark --only mixture_vi --no-peers --check experiments/benchmark/references/default.json
+With the defaults the encoder's KL is below the table's: the table gets one step per row per
 epoch, the encoder one per batch, so at equal epochs the table lags its posteriors and its lag
-biases theta. With --set estimator=score_function: KL 0.0021 (amortized), 0.039 (local).
-About 10 s of CPU time (25 s wall on a loaded 2-core machine).
+biases theta. (--set estimator=score_function: BENCHMARKS.md, "Figures no reference checks".)
 """
 from __future__ import annotations
 

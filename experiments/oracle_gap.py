@@ -35,19 +35,12 @@ value, so each exact number can be recomputed independently), manifold.png (E[x|
 of z: the learned 2-D manifold) and posteriors.png (exact posteriors of a few test digits with
 q_phi and q*_FFG); while training, metrics_<encoder>.jsonl and metrics_vae.jsonl (vi_jax.metrics).
 
-Expected with the defaults (seed 0, CPU), estimate - exact in nats (standard error):
-  linear encoder:     log p(x) -0.0004 (0.0005), L[q_phi] +0.0002 (0.0015), L[q*_FFG] -0.0077
-                      (0.0015), approximation gap +0.0074 (0.0016), amortization gap -0.0079 (0.0002)
-  restricted encoder: log p(x) -0.0009 (0.0004), L[q_phi] -0.0004 (0.0024), L[q*_FFG] -0.0099
-                      (0.0015), approximation gap +0.0090 (0.0016), amortization gap -0.0095 (0.0018)
-  vae_digits_2d:      log p(x) -0.0047 (0.0034), L[q_phi] -0.0038 (0.0034), L[q*_FFG] -0.0078
-                      (0.0027), approximation gap +0.0031 (0.0042), amortization gap -0.0040 (0.0024)
-  (all ELBOs share their draws, so the amortization gap's own noise is small and the local
-  fit's bias stands out.)
-Exact: log p(x) -22.903 / -19.631, gap_FFG 0.1415 / 0.1330, amortization gap 0.0029 (linear),
-1.5122 (restricted; its class optimum 1.5107), 0.3811 (VAE). The one systematic error is the
-local fit's: L[q*_FFG] ~0.009 nats short (Adam at a constant step size stops short of q*), which
-moves that much from the amortization to the approximation gap.
+Expected figures: experiments/benchmark/references/default.json; check a fresh run against them with
+    python -m experiments.benchmark --only oracle_gap --no-peers --check experiments/benchmark/references/default.json
+(All ELBOs share their draws, so the amortization gap's own noise is small and the local fit's
+bias stands out.) The one systematic error is the local fit's: L[q*_FFG] stops short of q*
+(Adam at a constant step size), which moves that much from the amortization to the
+approximation gap.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Train an amortized VAE and report held-out ELBO and IWAE.
 
     python -m experiments.train_vae --workdir runs/vae            # digits, ~30 s on 2 CPU cores
+    python -m experiments.train_vae --workdir runs/vae --quick    # smoke run
     python -m experiments.train_vae --dataset binarized_mnist --data-dir DIR --set latent_dim=50
 
 Writes into --workdir: metrics.json (test_elbo, test_iwae with its K, train_elbo, each as
@@ -10,8 +11,8 @@ epoch, held-out ELBO and IWAE at the evaluations), manifold.png (latent_dim == 2
 params.msgpack (flax serialization of
 {"encoder", "decoder"}), published together with MANIFEST.json (vi_jax.rundir); metrics.jsonl
 grows by a line per epoch and per evaluation while the run trains (vi_jax.metrics).
-Expected with the defaults (seed 0, CPU): test ELBO -17.95 +- 0.25, test IWAE_5000 -16.15 +- 0.22
-nats, in about 20 s on 2 CPU cores.
+Expected figures: experiments/benchmark/references/default.json; check a fresh run against them with
+    python -m experiments.benchmark --only train_vae --no-peers --check experiments/benchmark/references/default.json
 """
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def _join_hosts(args) -> dict:
     return {}
 
 
-CLI = Cli(__doc__, VAEConfig, workdir="runs/train_vae", writes="metrics.json",
+QUICK = ["latent_dim=2", "encoder_hidden=16", "decoder_hidden=16", "num_epochs=2", "batch_size=100",
+         "eval_elbo_samples=5", "eval_iwae_samples=5", "final_iwae_samples=20"]
+
+CLI = Cli(__doc__, VAEConfig, workdir="runs/train_vae", writes="metrics.json", quick=QUICK,
           flags=[DATASET], data_dir=True,
           extra=[RESUME, RunFlags(_add_distributed, _join_hosts)],
           example="--set latent_dim=4 --set encoder_hidden=64,64")

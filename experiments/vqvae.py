@@ -9,9 +9,10 @@ reconstruction NLL -log p(x | z_q) and the uniform-prior ELBO -NLL - L log K, ea
 {"mean", "stderr"} over datapoints; test codebook and commitment terms; codebook usage on the
 test set: per-code counts, perplexity exp(H(usage)) out of K, dead codes; seed, config,
 environment, wall times, per-epoch history) and reconstructions.png.
-Expected with the defaults (seed 0, CPU; L = 4 codes of D = 8 from K = 32): test reconstruction
-NLL 9.50 +- 0.34 nats (train 4.85: the discrete code overfits the 1497 training digits), test
-ELBO -23.36 (of which L log K = 13.86), perplexity 30.9 of 32, no dead codes.
+Expected figures: experiments/benchmark/references/default.json; check a fresh run against them with
+    python -m experiments.benchmark --only vqvae --no-peers --check experiments/benchmark/references/default.json
+(The defaults: L = 4 codes of D = 8 from K = 32, so the ELBO's L log K = 13.86 nats; the
+discrete code overfits the 1497 training digits: train NLL well below test.)
 """
 from __future__ import annotations
 

@@ -1,13 +1,19 @@
-"""The benchmark suite: its registry, the --check comparison (pure functions, synthetic inputs)
-and one --quick speed benchmark of our own code path (no peers, no timing assertions)."""
+"""The benchmark suite: its registry, the --check comparison (pure functions, synthetic inputs),
+the committed references and the experiment docstrings that name them (read, never rerun), and
+one --quick speed benchmark of our own code path (no peers, no timing assertions)."""
+import ast
+import glob
 import json
 import os
+import re
 
 import pytest
 
 from experiments.benchmark import check, harness, results, suite, workers
 from experiments.benchmark.report import check_markdown
 
+REFERENCES = os.path.join(os.path.dirname(suite.__file__), "references")
+EXPERIMENTS_DIR = os.path.dirname(os.path.dirname(suite.__file__))
 ENV = {"backend": "cpu", "devices": ["cpu:cpu"], "versions": {"jax": "0.10.2", "jaxlib": "0.10.2"}}
 
 
@@ -25,7 +31,8 @@ def figures(log_px=-30.0, gap=2.0, gap_se=0.1, n_eval=300):
 
 
 def test_registry_has_the_named_benchmarks():
-    result_names = {"gap", "oracle_gap", "compare_training"}
+    result_names = {"gap", "oracle_gap", "compare_training", "local_fit_accuracy", "train_vae", "cvae", "vqvae",
+                    "mixture_vi", "gap_over_training", "marginal_likelihood", "estimator_variance"}
     speed = {"amortized_training", "local_fit", "local_fit_early_stop", "iwae", "scaling_local_fit",
              "scaling_iwae"}
     assert result_names | speed <= set(suite.REGISTRY)
@@ -141,3 +148,51 @@ def test_amortized_anatomy_worker_runs_every_stage():
     assert all(rate > 0 for rate in record["steps_per_sec"].values())
     assert record["fraction_of_gemms_sgd"]["gemms_sgd"] == 1.0
     assert record["vi_jax_over_by_hand"] > 0 and record["rounds"] == 2
+
+
+def load_reference(name):
+    with open(os.path.join(REFERENCES, name)) as f:
+        return json.load(f)
+
+
+def test_committed_references_are_checkable_and_identical_to_themselves():
+    """Every reference under experiments/benchmark/references/ names only registered result
+    benchmarks, each with its result and the conditions --check compares, and --check of it
+    against itself is identical in every figure; quick.json covers every result benchmark."""
+    paths = sorted(glob.glob(os.path.join(REFERENCES, "*.json")))
+    assert {os.path.basename(p) for p in paths} >= {"quick.json", "default.json"}
+    result_names = {b.name for b in suite.REGISTRY.values() if b.kind == "result"}
+    for path in paths:
+        reference = load_reference(os.path.basename(path))
+        benches = reference["benchmarks"]
+        assert benches and set(benches) <= result_names, path
+        for name, bench in benches.items():
+            assert bench["kind"] == "result" and "result" in bench, f"{path}: {name} has no result"
+            assert bench["seed"] is not None and bench["config"] and bench["environment"]["backend"], (path, name)
+        report = check.compare_benchmarks(benches, benches)
+        assert report["ok"] and set(report["benchmarks"]) == set(benches), path
+        for name, r in report["benchmarks"].items():
+            assert r["mode"] == "identical" and r["counts"]["unchanged"] > 0, (path, name)
+            assert r["counts"]["unchanged"] == len(r["rows"]), (path, name)
+    assert load_reference("quick.json")["quick"] is True and set(load_reference("quick.json")["benchmarks"]) == result_names
+    assert load_reference("default.json")["quick"] is False
+
+
+def test_experiment_docstrings_name_a_reference_that_holds_their_benchmark():
+    """No experiment docstring quotes expected figures by hand: an "Expected figures:" line names
+    a committed reference and the --check command of the experiment's own benchmark, which that
+    reference holds."""
+    named = {}
+    for path in sorted(glob.glob(os.path.join(EXPERIMENTS_DIR, "*.py"))):
+        doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+        assert not re.search(r"^Expected with", doc, re.M), f"{path}: hand-quoted expected figures"
+        match = re.search(r"Expected figures: (experiments/benchmark/references/(\w+\.json))( \([^)]*\))?; check "
+                          r"a fresh run against them with python -m experiments\.benchmark --only (\w+) --no-peers "
+                          r"--check \1(?!\S)", " ".join(doc.split()))
+        if match:
+            module = os.path.basename(path)[:-3]
+            assert match.group(4) == module, path
+            assert module in load_reference(match.group(2))["benchmarks"], path
+            named[module] = match.group(2)
+    assert set(named) >= {"gap", "oracle_gap", "train_vae", "cvae", "vqvae", "mixture_vi", "gap_over_training",
+                          "local_fit_accuracy", "marginal_likelihood", "estimator_variance"}

@@ -52,6 +52,13 @@ def test_train_vae_writes_results_and_reproduces(tmp_path):
     assert other["test_elbo"] != metrics["test_elbo"]
 
 
+def test_quick_is_a_small_valid_configuration():
+    """--quick (the train_vae result benchmark's quick variant) parses to a small config that validates."""
+    config, _, _ = train_vae.CLI.parse(["--quick", "--workdir", "w"])
+    config.validate()
+    assert config.num_epochs == 2 and config.final_iwae_samples == 20 and config.encoder_hidden == (16,)
+
+
 def test_bad_dataset_fails_before_writing(tmp_path):
     with pytest.raises(ValueError, match="VAEConfig.dataset must be one of .*, got 'cifar'"):
         run_script(tmp_path / "bad", "--dataset", "cifar")

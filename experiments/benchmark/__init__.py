@@ -7,6 +7,8 @@ side with the peer reference scripts, reported as ratios).
     python -m experiments.benchmark --only amortized_training,local_fit
     python -m experiments.benchmark --check runs/benchmark/benchmark.json   # rerun the result
                                                             # benchmarks and list every figure that moved
+    python -m experiments.benchmark --no-peers --check experiments/benchmark/references/quick.json
+                                                            # against the committed reference (see BENCHMARKS.md)
     python -m experiments.benchmark --list
 
 Peers: the scripts in --peers-dir (default ../shared/peers beside the repository) run as
@@ -37,7 +39,9 @@ through the project's real code path:
   scaling_iwae        IWAE time and peak RSS against K (1e2 ... 1e4), log-log slope.
 
 Result benchmarks run `python -m experiments.<name> --workdir WORKDIR/results/<name>` (with
---quick under --quick) and keep its JSON. See BENCHMARKS.md for the `--check` rule.
+--quick under --quick; estimator_variance with --vae) and keep its JSON. See BENCHMARKS.md for
+the `--check` rule and for the references in references/ (quick.json: every result benchmark's
+--quick run; default.json: the default runs that take under about 2 minutes on one core).
 """
 
 # The package, one module per part:

@@ -15,10 +15,13 @@ from .harness import PACKAGE, REPO_ROOT, Context, target
 EXPERIMENTS = PACKAGE.rpartition(".")[0]
 
 
-def run_experiment(ctx: Context, module: str, output: str) -> dict:
-    """python -m <experiments>.<module> --workdir ... [--quick] --no-progress; its JSON and wall time."""
+def run_experiment(ctx: Context, module: str, output: str, *, args: tuple = (), progress: bool = True) -> dict:
+    """python -m <experiments>.<module> --workdir ... [args] [--no-progress] [--quick]; its JSON and
+    wall time. progress=False for an experiment that prints no progress (it has no --no-progress)."""
     workdir = os.path.join(ctx.workdir, "results", module)
-    cmd = [sys.executable, "-m", f"{EXPERIMENTS}.{module}", "--workdir", workdir, "--no-progress"]
+    cmd = [sys.executable, "-m", f"{EXPERIMENTS}.{module}", "--workdir", workdir, *args]
+    if progress:
+        cmd.append("--no-progress")
     if ctx.quick:
         cmd.append("--quick")
     ctx.log(f"  {' '.join(cmd[1:])}")
@@ -67,3 +70,32 @@ def bench_oracle_gap(ctx: Context) -> dict:
 
 def bench_local_fit_accuracy(ctx: Context) -> dict:
     return run_experiment(ctx, "local_fit_accuracy", "local_fit_accuracy.json")
+
+
+def bench_cvae(ctx: Context) -> dict:
+    return run_experiment(ctx, "cvae", "metrics.json")
+
+
+def bench_estimator_variance(ctx: Context) -> dict:
+    # --vae: the figures its docstring quotes include the digits VAE's column
+    return run_experiment(ctx, "estimator_variance", "estimator_variance.json", args=("--vae",))
+
+
+def bench_gap_over_training(ctx: Context) -> dict:
+    return run_experiment(ctx, "gap_over_training", "gap_over_training.json")
+
+
+def bench_marginal_likelihood(ctx: Context) -> dict:
+    return run_experiment(ctx, "marginal_likelihood", "marginal_likelihood.json")
+
+
+def bench_mixture_vi(ctx: Context) -> dict:
+    return run_experiment(ctx, "mixture_vi", "metrics.json", progress=False)
+
+
+def bench_train_vae(ctx: Context) -> dict:
+    return run_experiment(ctx, "train_vae", "metrics.json")
+
+
+def bench_vqvae(ctx: Context) -> dict:
+    return run_experiment(ctx, "vqvae", "metrics.json")

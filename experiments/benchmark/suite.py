@@ -19,8 +19,9 @@ from . import __doc__ as USAGE
 from .check import compare_benchmarks
 from .harness import PACKAGE, REPO_ROOT, Context
 from .report import check_markdown, machine, markdown
-from .results import (bench_compare_training, bench_gap, bench_local_fit_accuracy, bench_oracle_gap,
-                      oracle_available)
+from .results import (bench_compare_training, bench_cvae, bench_estimator_variance, bench_gap,
+                      bench_gap_over_training, bench_local_fit_accuracy, bench_marginal_likelihood, bench_mixture_vi,
+                      bench_oracle_gap, bench_train_vae, bench_vqvae, oracle_available)
 from .speed import (bench_amortized_step_anatomy, bench_amortized_training, bench_iwae, bench_local_fit,
                     bench_local_fit_early_stop, bench_scaling_iwae, bench_scaling_local_fit)
 from .workers import WORKERS
@@ -44,6 +45,19 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in [
               bench_compare_training),
     Benchmark("local_fit_accuracy", "result", "experiments.local_fit_accuracy: each named local-fit protocol's "
               "shortfall from the exact q*_FFG on the oracles, and its cost", bench_local_fit_accuracy),
+    Benchmark("train_vae", "result", "experiments.train_vae default run (digits): held-out ELBO and IWAE",
+              bench_train_vae),
+    Benchmark("cvae", "result", "experiments.cvae default run (digits): held-out ELBO(x | c) and IWAE", bench_cvae),
+    Benchmark("vqvae", "result", "experiments.vqvae default run (digits): reconstruction NLL and codebook usage",
+              bench_vqvae),
+    Benchmark("mixture_vi", "result", "experiments.mixture_vi default run: KL(q || p(z|x)) of local and "
+              "amortized q on a Gaussian mixture", bench_mixture_vi),
+    Benchmark("gap_over_training", "result", "experiments.gap_over_training default run: the gaps at each "
+              "checkpoint of training", bench_gap_over_training),
+    Benchmark("marginal_likelihood", "result", "experiments.marginal_likelihood default run: log p(x) "
+              "estimators' errors against the latent dimension", bench_marginal_likelihood),
+    Benchmark("estimator_variance", "result", "experiments.estimator_variance --vae: each ELBO gradient "
+              "estimator's variance (linear oracle and a digits VAE)", bench_estimator_variance),
     Benchmark("amortized_training", "speed", "amortized VAE training steps/s vs torch / flax / NumPyro / "
               "hand-fused scan / GEMM skeleton limit", bench_amortized_training),
     Benchmark("amortized_step_anatomy", "speed", "where the amortized step's time goes beyond its GEMMs: "
