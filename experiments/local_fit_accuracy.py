@@ -21,7 +21,7 @@ and before the fit), decoder evaluations per row (steps x draws per step, mean o
 seconds of the fit (compilation excluded; both starts share one executable) and the share of
 rows that converged before the step cap.
 
-Writes into --workdir (each file atomically, local_fit_accuracy.json last):
+Writes into --workdir (staged and published together with MANIFEST.json, vi_jax.rundir):
 local_fit_accuracy.json (seed, config, environment, the protocols' names and settings, per
 problem the table's figures and the oracles' accuracy), local_fit_accuracy.md (the table) and
 local_fit_accuracy.png (max shortfall against decoder evaluations per row).
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import oracles, plotting
+from vi_jax import oracles, plotting, rundir
 from vi_jax.config import Rule, check_fields, count, counts, real
 from vi_jax.data import subset
 from vi_jax.families import diagonal_gaussian
@@ -106,7 +106,7 @@ QUICK = ["linear_latent_dims=4", "linear_data_dims=16", "linear_rows=5", "encode
          "quadrature.polish_points=41", "quadrature.fit_iterations=6"]
 
 CLI = Cli(__doc__, LocalFitAccuracyConfig, workdir="runs/local_fit_accuracy", writes="local_fit_accuracy.json",
-          quick=QUICK, seed=("seed", "vae.seed"), staged=False, example="--set protocols=reference,accurate")
+          quick=QUICK, seed=("seed", "vae.seed"), example="--set protocols=reference,accurate")
 
 
 def protocols(config: LocalFitAccuracyConfig) -> dict[str, tuple[LocalFitConfig, str]]:
@@ -248,6 +248,7 @@ def figure(result: dict, path: str) -> None:
     save_figure(fig, path)
 
 
+@rundir.staged
 def run(config: LocalFitAccuracyConfig, workdir: str, *, progress: bool = True) -> dict:
     """Every problem, protocol and start; the files; returns the local_fit_accuracy.json dict."""
     log = progress_log(progress)

@@ -8,7 +8,7 @@ import pytest
 from experiments import local_fit_accuracy
 from vi_jax.local import LOCAL_FIT_PROTOCOLS
 
-FILES = ["local_fit_accuracy.json", "local_fit_accuracy.md", "local_fit_accuracy.png"]
+FILES = ["MANIFEST.json", "local_fit_accuracy.json", "local_fit_accuracy.md", "local_fit_accuracy.png"]
 
 
 @pytest.mark.slow

@@ -16,10 +16,11 @@ EXPERIMENTS = PACKAGE.rpartition(".")[0]
 
 
 def run_experiment(ctx: Context, module: str, output: str, *, args: tuple = (), progress: bool = True) -> dict:
-    """python -m <experiments>.<module> --workdir ... [args] [--no-progress] [--quick]; its JSON and
-    wall time. progress=False for an experiment that prints no progress (it has no --no-progress)."""
+    """python -m <experiments>.<module> --workdir ... --overwrite [args] [--no-progress] [--quick];
+    its JSON and wall time. The benchmark owns WORKDIR/results/<module>: each run replaces the
+    last one's. progress=False for an experiment that prints no progress (it has no --no-progress)."""
     workdir = os.path.join(ctx.workdir, "results", module)
-    cmd = [sys.executable, "-m", f"{EXPERIMENTS}.{module}", "--workdir", workdir, *args]
+    cmd = [sys.executable, "-m", f"{EXPERIMENTS}.{module}", "--workdir", workdir, "--overwrite", *args]
     if progress:
         cmd.append("--no-progress")
     if ctx.quick:
