@@ -18,7 +18,8 @@ Modules:
   cvae           conditional VAE p(x|c): learned prior p(z|c), whitened per-condition model
   vqvae          VQ-VAE: codebook, nearest-code quantization, straight-through gradient, usage
   gap            the gap decomposition (approximation vs amortization) per datapoint
-  oracles        exact oracles: linear-Gaussian closed forms, quadrature for 2-D latents
+  oracles/       exact oracles: linear_gaussian_model (closed forms of the linear-Gaussian model),
+                 linear_encoders (the best affine encoder; train_encoder), quadrature (1-D/2-D latents)
   mixture_model  Gaussian mixture: exact log p(x) and posterior, categorical q (enumeration, score function)
   checkpoint     orbax checkpoints with config checks; sharding: SPMD over several devices
   data           datasets (digits, binarized MNIST, TFDS) and input validation
