@@ -39,7 +39,7 @@ import numpy as np
 
 from vi_jax import data, io, plotting, provenance, rundir
 from vi_jax.config import apply_overrides
-from vi_jax.vae import mean_and_stderr
+from vi_jax.stats import mean_and_stderr
 
 
 class FieldFlag(NamedTuple):

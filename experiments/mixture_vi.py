@@ -39,8 +39,8 @@ from vi_jax import io, networks, rundir
 from vi_jax.config import Rule, check_fields, count, one_of, real, widths
 from vi_jax.mixture_model import (ESTIMATORS, GaussianMixture, amortized_mixture_vi, local_mixture_vi,
                                   make_mixture_elbo, make_posterior_fit, posterior_kl)
+from vi_jax.stats import mean_and_stderr
 from vi_jax.train import make_epoch
-from vi_jax.vae import mean_and_stderr
 
 from ._common import Cli, header
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from vi_jax import io, plotting, rundir
-from vi_jax.vae import mean_and_stderr
+from vi_jax.stats import mean_and_stderr
 from vi_jax.vqvae import VQVAEConfig, build_vqvae, codebook_usage, evaluate, reconstruct, train_vqvae
 
 from ._common import DATASET, Cli, data_sizes, header, load_splits, save_figure

@@ -6,6 +6,7 @@ Modules:
                  full-covariance Gaussian, mixture of diagonal Gaussians, coupling flow (distrax
                  MaskedCoupling), inverse autoregressive flow (MADE conditioners, our bijector)
   array_types    the Array, Params and PRNGKey annotations shared by the modules
+  stats          mean_and_stderr: the mean over datapoints and its standard error
   models         latent-variable models p(x, z) = p(x|z; theta) p(z)
   networks       Flax MLP encoder / decoder
   elbo           per-datapoint ELBO (reparameterized, STL or score-function gradients; stratified

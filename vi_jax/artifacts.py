@@ -10,7 +10,7 @@ An artifact is a folder holding
 A figure's source is "FILE.npz:ARRAY", the mean and standard error over datapoints of that
 array, or "FILE.npz:A-B", those of the per-datapoint difference A - B (a paired standard
 error). `verify` checks the manifest and that the config still matches the code, recomputes
-every figure from the arrays exactly (the arithmetic of `vi_jax.vae.mean_and_stderr`), and
+every figure from the arrays exactly (the arithmetic of `vi_jax.stats.mean_and_stderr`), and
 re-estimates the test log-likelihood with a fresh key on a random subset of the test split.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 
 from vi_jax import data, io, rundir
 from vi_jax.config import from_dict
-from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator, mean_and_stderr
+from vi_jax.stats import mean_and_stderr
+from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator
 
 INFO_FILE = "artifact.json"
 MANIFEST_FILE = "MANIFEST.json"

@@ -29,7 +29,7 @@ from vi_jax.elbo import IWAE_CHUNK_SIZE, elbo_rows_per_step, make_elbo, make_iwa
 from vi_jax.families import VariationalFamily, diagonal_gaussian
 from vi_jax.local import LocalFitConfig, fit_with_checkpoints, make_local_fit, make_local_fitter, make_refine, tile_rows
 from vi_jax.models import LatentVariableModel
-from vi_jax.vae import mean_and_stderr
+from vi_jax.stats import mean_and_stderr
 
 LOCAL_INITS = ("encoder", "prior")
 

@@ -200,15 +200,6 @@ def load_training_data(config: VAEConfig, data_dir: Optional[str] = None):
     return dataset, train, test
 
 
-def mean_and_stderr(values) -> dict:
-    """{"mean", "stderr"} of per-datapoint values; stderr = sample std / sqrt(n)."""
-    values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise FloatingPointError(f"{np.sum(~np.isfinite(values))} of {values.size} values are NaN/inf")
-    stderr = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else float("nan")
-    return {"mean": float(values.mean()), "stderr": float(stderr)}
-
-
 class Evaluator(NamedTuple):
     """Jitted per-datapoint held-out ELBO and IWAE of the amortized q_phi (built once, reused)."""
 
