@@ -10,7 +10,6 @@ optimum.
 """
 from __future__ import annotations
 
-import time
 from typing import NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -21,7 +20,8 @@ import optax
 
 from vi_jax.array_types import Array, Params
 from vi_jax.families import VariationalFamily
-from vi_jax.metrics import MetricsTarget, open_writer
+from vi_jax.loop import run_epochs
+from vi_jax.metrics import MetricsTarget
 from vi_jax.models import LatentVariableModel
 from vi_jax.oracles.linear_gaussian_model import _numpy_theta, _rows, posterior, posterior_precision
 from vi_jax.train import TrainState, amortized_vi, make_epoch
@@ -154,7 +154,8 @@ def train_encoder(key: Array, model: LatentVariableModel, family: VariationalFam
     The decoder is frozen at model.init(.) (the true parameters for an oracle); Adam's step size
     decays exponentially from learning_rate to final_learning_rate over the run, so the
     Monte-Carlo noise of the one-sample ELBO gradients averages out at the end. Epoch e uses key
-    fold_in(key, e + 1); the encoder is initialised with fold_in(key, 0). Returns encoder params.
+    fold_in(key, e) (e = 1..num_epochs, vi_jax.loop); the encoder is initialised with
+    fold_in(key, 0). Returns encoder params; FloatingPointError at the first NaN/inf ELBO.
     metrics (a path or a vi_jax.metrics writer): one "train" line per epoch (learning_rate: the
     rate of the epoch's first step).
     """
@@ -165,24 +166,11 @@ def train_encoder(key: Array, model: LatentVariableModel, family: VariationalFam
     algo = amortized_vi(model, family, encoder, encoder_only(optax.adam(schedule)),
                         num_samples=num_samples, kl=family.kl_form)
     state: TrainState = algo.init(jax.random.fold_in(key, 0), data[0])
-    epoch = make_epoch(algo.step, batch_size)
-    writer = open_writer(metrics)
-    if writer is not None:
-        rates = np.asarray(schedule(jnp.arange(num_epochs) * steps_per_epoch))
-    start = time.perf_counter()
+    rates = np.asarray(schedule(jnp.arange(num_epochs) * steps_per_epoch))
 
-    def write(e, elbo, loss):
-        writer.write({"kind": "train", "epoch": e, "train_elbo": float(elbo), "train_loss": float(loss),
-                      "learning_rate": float(rates[e - 1]), "seconds": time.perf_counter() - start})
+    def summarize(epoch, infos):
+        elbo, loss = jax.device_get((infos.elbo.mean(), infos.loss.mean()))
+        return {"train_elbo": float(elbo)}, {"train_loss": float(loss), "learning_rate": float(rates[epoch - 1])}
 
-    pending = None
-    for e in range(num_epochs):
-        state, infos = epoch(jax.random.fold_in(key, e + 1), state, data)
-        if writer is not None:
-            # this loop never waits for the device: an epoch's line is read once the next epoch is queued
-            if pending is not None:
-                write(*pending)
-            pending = (e + 1, infos.elbo.mean(), infos.loss.mean())
-    if pending is not None:
-        write(*pending)
-    return state.params["encoder"]
+    return run_epochs(make_epoch(algo.step, batch_size), state, data, epoch_key=key, num_epochs=num_epochs,
+                      summarize=summarize, metrics=metrics, progress=False).state.params["encoder"]
