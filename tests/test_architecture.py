@@ -112,3 +112,22 @@ def test_every_module_imports_on_its_own():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=os.path.dirname(PACKAGE_DIR))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_public_api_resolves_lazily_to_each_names_defining_module():
+    """Every name of vi_jax.__all__ is the object its module defines; `import vi_jax` alone
+    imports none of them (checked in a fresh interpreter)."""
+    import importlib
+    for name in vi_jax.__all__:
+        module = importlib.import_module(f"vi_jax.{vi_jax._PUBLIC[name]}")
+        assert getattr(vi_jax, name) is getattr(module, name), name
+    assert "train_vae" in dir(vi_jax)
+    code = "import sys, vi_jax; print(sorted(m for m in sys.modules if m.startswith('vi_jax.') or m == 'jax'))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded
+    try:
+        vi_jax.no_such_name
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("an unknown name resolved")
