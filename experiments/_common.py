@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, provenance, rundir
+from vi_jax import data, plotting, provenance, rundir, storage
 from vi_jax.config import apply_overrides
 from vi_jax.stats import mean_and_stderr
 
@@ -214,12 +214,12 @@ def elbo_metrics(test_elbo, train_elbo, test_iwae, k: int) -> dict:
 
 def save_figure(fig, path: str) -> None:
     """Write fig to path atomically and close it (pyplot holds every open figure)."""
-    io.atomic_save_figure(fig, path)
+    storage.atomic_save_figure(fig, path)
     plotting.close(fig)
 
 
 def write_report(workdir: str, name: str, result: dict, markdown: str) -> dict:
     """NAME.md, then NAME.json (last: the result the script reports), each atomically; returns result."""
-    io.atomic_write_text(os.path.join(workdir, f"{name}.md"), markdown)
-    io.atomic_write_json(os.path.join(workdir, f"{name}.json"), result)
+    storage.atomic_write_text(os.path.join(workdir, f"{name}.md"), markdown)
+    storage.atomic_write_json(os.path.join(workdir, f"{name}.json"), result)
     return result

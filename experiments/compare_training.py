@@ -23,7 +23,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from vi_jax import io, rundir
+from vi_jax import rundir, storage
 from vi_jax.config import Rule, check_fields, count
 from vi_jax.data import subset
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
@@ -116,7 +116,7 @@ def run(config: CompareConfig, workdir: str, *, data_dir: str | None = None, pro
             arrays[f"{mode}_{split}"] = per_point
     result.update(header(config))
     for name, a in arrays.items():
-        io.atomic_save_npz(os.path.join(workdir, f"compare_{name}.npz"), **a)
+        storage.atomic_save_npz(os.path.join(workdir, f"compare_{name}.npz"), **a)
     return write_report(workdir, "compare", result, markdown(result))
 
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, plotting, rundir, streams
+from vi_jax import data, plotting, rundir, storage, streams
 from vi_jax.cvae import CVAEConfig, build_cvae, generate, make_evaluator, one_hot_labels, train_cvae
 
 from ._common import Cli, FieldFlag, data_sizes, elbo_metrics, header, load_splits, save_figure
@@ -74,7 +74,7 @@ def run(config: CVAEConfig, workdir: str, *, data_dir: str | None = None, progre
     fig = plotting.image_grid(np.asarray(samples), dataset.image_shape, config.samples_per_class,
                               "E[x | z, c], z ~ p(z | c); row = class c")
     save_figure(fig, os.path.join(workdir, "class_samples.png"))
-    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    storage.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 

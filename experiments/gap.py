@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, plotting, provenance, rundir
+from vi_jax import plotting, provenance, rundir, storage
 from vi_jax.checkpoint import StageCache, config_checksum, state_checksums
 from vi_jax.config import Rule, check_fields, count, one_of
 from vi_jax.data import ROW_CHOICES, subset
@@ -190,7 +190,7 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
                                                          for gap in ("approx", "amort"))])
         ax.set_ylabel("nats (± 2 s.e.)")
         ax.set_title(f"{split} (n = {r['n_eval']})")
-    io.atomic_save_figure(fig, os.path.join(workdir, "gap_bars.png"))
+    storage.atomic_save_figure(fig, os.path.join(workdir, "gap_bars.png"))
     plotting.close(fig)
 
     fig, axes = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4.5), squeeze=False)
@@ -203,7 +203,7 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
         ax.set_ylabel("L[q*] (fitted per datapoint)")
         ax.set_title(split)
         ax.legend()
-    io.atomic_save_figure(fig, os.path.join(workdir, "local_vs_amortized.png"))
+    storage.atomic_save_figure(fig, os.path.join(workdir, "local_vs_amortized.png"))
     plotting.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -222,7 +222,7 @@ def figures(result: dict, arrays: dict, workdir: str) -> None:
     ax.set_xlabel("K + 0.5 (refinement steps)")
     ax.set_ylabel("ELBO (nats)")
     ax.legend(fontsize=8)
-    io.atomic_save_figure(fig, os.path.join(workdir, "refinement.png"))
+    storage.atomic_save_figure(fig, os.path.join(workdir, "refinement.png"))
     plotting.close(fig)
 
 
@@ -303,12 +303,12 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
                    "wall_seconds": timings})
     os.makedirs(workdir, exist_ok=True)
     for name, a in arrays.items():
-        io.atomic_save_npz(os.path.join(workdir, f"gap_{name}.npz"), **a)
+        storage.atomic_save_npz(os.path.join(workdir, f"gap_{name}.npz"), **a)
     figures(result, arrays, workdir)
     if trained_here:
-        io.atomic_write_bytes(os.path.join(workdir, "vae_params.msgpack"), flax.serialization.to_bytes(params))
-    io.atomic_write_text(os.path.join(workdir, "gap.md"), markdown(result))
-    io.atomic_write_json(os.path.join(workdir, "gap.json"), result)
+        storage.atomic_write_bytes(os.path.join(workdir, "vae_params.msgpack"), flax.serialization.to_bytes(params))
+    storage.atomic_write_text(os.path.join(workdir, "gap.md"), markdown(result))
+    storage.atomic_write_json(os.path.join(workdir, "gap.json"), result)
     for name in config.splits:  # every result is written: the finished stages have served
         shutil.rmtree(os.path.join(rundir.checkpoint_dir(workdir), f"gap_{name}"), ignore_errors=True)
     with contextlib.suppress(OSError):  # unless it holds other checkpoints

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, oracles, plotting, rundir
+from vi_jax import oracles, plotting, rundir, storage
 from vi_jax.ais import AisConfig, make_ais, prior_monte_carlo
 from vi_jax.config import Rule, check_fields, count, counts, real
 from vi_jax.elbo import make_iwae, map_datapoints
@@ -223,7 +223,7 @@ def run(config: MarginalLikelihoodConfig, workdir: str, *, progress: bool = True
         npz |= {f"d{d}/{name}": np.asarray(value) for name, value in arrays.items()}
     result = {"dims": dims, "likelihood_evaluations": config.ais.likelihood_evaluations(), **header(config),
               "wall_seconds": {"total": round(time.perf_counter() - start, 2)}}
-    io.atomic_save_npz(os.path.join(workdir, "marginal_likelihood.npz"), **npz)
+    storage.atomic_save_npz(os.path.join(workdir, "marginal_likelihood.npz"), **npz)
     figure(result, os.path.join(workdir, "error_vs_dim.png"))
     return write_report(workdir, "marginal_likelihood", result, markdown(result))
 

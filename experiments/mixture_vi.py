@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vi_jax import io, networks, rundir
+from vi_jax import networks, rundir, storage
 from vi_jax.config import Rule, check_fields, count, one_of, real, widths
 from vi_jax.mixture_model import (ESTIMATORS, GaussianMixture, amortized_mixture_vi, local_mixture_vi,
                                   make_mixture_elbo, make_posterior_fit, posterior_kl)
@@ -156,7 +156,7 @@ def run(config: MixtureConfig, workdir: str) -> dict:
     metrics["truth"] = {"train_log_px": mean_and_stderr(log_px_test(truth, train)),
                         "test_log_px": mean_and_stderr(log_px_test(truth, test))}
     metrics.update(header(config), wall_seconds={**seconds, "total": round(time.perf_counter() - start, 2)})
-    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    storage.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 

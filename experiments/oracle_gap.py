@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from vi_jax import io, oracles, plotting, rundir
+from vi_jax import oracles, plotting, rundir, storage
 from vi_jax.config import Rule, check_fields, count, real
 from vi_jax.data import subset
 from vi_jax.families import diagonal_gaussian
@@ -382,7 +382,7 @@ def run(config: OracleGapConfig, workdir: str, *, progress: bool = True) -> dict
     manifold_figure(vae_info["vae"], vae_info["params"], config.vae.manifold_side, vae_info["image_shape"],
                     os.path.join(workdir, "manifold.png"))
     posteriors_figure(vae_info, os.path.join(workdir, "posteriors.png"))
-    io.atomic_save_npz(os.path.join(workdir, "oracle.npz"), **linear_info["npz"], **vae_info["npz"])
+    storage.atomic_save_npz(os.path.join(workdir, "oracle.npz"), **linear_info["npz"], **vae_info["npz"])
     seconds["total"] = round(time.perf_counter() - start, 2)
     result = {"models": linear_sections | vae_sections, **header(config), "wall_seconds": seconds}
     return write_report(workdir, "oracle", result, markdown(result))

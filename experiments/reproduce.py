@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import artifacts, io, rundir, streams
+from vi_jax import artifacts, rundir, storage, streams
 from vi_jax.config import Rule, apply_overrides, check_fields, count, from_dict, real
 from vi_jax.data import subset
 from vi_jax.presets import PRESETS, get_preset, scale_epochs
@@ -168,12 +168,12 @@ def run(preset_name: str, workdir: str, options: RunOptions = RunOptions(), *, o
         "overrides": list(overrides),
         "test_rows": test_rows,
     })
-    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    storage.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     for folder, gap_config in gap_configs.items():
         metrics[folder] = gap.run(gap_config, os.path.join(workdir, folder), data_dir=data_dir,
                                   progress=progress, resume=resume)["splits"]
-        io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
-    io.atomic_write_text(os.path.join(workdir, "reproduce.md"), markdown(metrics))
+        storage.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    storage.atomic_write_text(os.path.join(workdir, "reproduce.md"), markdown(metrics))
     return metrics
 
 
@@ -265,7 +265,7 @@ def publish(workdir: str, dest: str) -> dict:
             difference = protocol_differences(os.path.join(workdir, "gap", f"gap_{split}.npz"),
                                               os.path.join(workdir, folder, f"gap_{split}.npz"))
             arrays[file_name] = os.path.join(derived, file_name)
-            io.atomic_save_npz(arrays[file_name], **difference)
+            storage.atomic_save_npz(arrays[file_name], **difference)
             figures += [(f"protocols {split}: {n}, {folder} - gap", f"{file_name}:{n}") for n in difference if n != "rows"]
     info = {"preset": metrics["preset"]["name"], "run_options": metrics["run_options"],
             "overrides": metrics.get("overrides", []), "seed": metrics["seed"],

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import io, plotting, rundir, streams, visualize
+from vi_jax import plotting, rundir, storage, streams, visualize
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator, train_vae
 
 from ._common import DATASET, RESUME, Cli, RunFlags, data_sizes, elbo_metrics, header, save_figure
@@ -93,7 +93,7 @@ def run(config: VAEConfig, workdir: str, *, data_dir: str | None = None, progres
     result = train_vae(vae, config, train, test, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
                        resume_fallback=resume_fallback, metrics=rundir.live_path(workdir, "metrics.jsonl"))
     metrics = evaluate_and_save(vae, config, dataset, train, test, result, workdir)
-    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    storage.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 
@@ -124,8 +124,8 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
         "history": result.history,
     }
     save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
-    io.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
-    io.atomic_save_npz(os.path.join(workdir, "evaluation.npz"), test_elbo=test_elbo, train_elbo=train_elbo,
+    storage.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
+    storage.atomic_save_npz(os.path.join(workdir, "evaluation.npz"), test_elbo=test_elbo, train_elbo=train_elbo,
                        test_iwae=test_iwae.bound, test_iwae_stderr=test_iwae.stderr)
     return metrics
 

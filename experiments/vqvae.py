@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from vi_jax import io, plotting, rundir
+from vi_jax import plotting, rundir, storage
 from vi_jax.stats import mean_and_stderr
 from vi_jax.vqvae import VQVAEConfig, build_vqvae, codebook_usage, evaluate, reconstruct, train_vqvae
 
@@ -67,7 +67,7 @@ def run(config: VQVAEConfig, workdir: str, *, data_dir: str | None = None, progr
     fig = plotting.image_grid(np.concatenate([originals, recon]), dataset.image_shape, 16,
                               "test images (top) and E[x | z_q(x)] (bottom)")
     save_figure(fig, os.path.join(workdir, "reconstructions.png"))
-    io.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    storage.atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 

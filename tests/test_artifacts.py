@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import reproduce
-from vi_jax import artifacts, io
+from vi_jax import artifacts, storage
 
 TINY = ["--epochs-scale", "0.001", "--num-train", "200", "--num-test", "60", "--num-valid", "40",
         "--no-progress", "--set", "dataset=digits", "--set", "latent_dim=2", "--set", "encoder_hidden=16",
@@ -89,7 +89,7 @@ def test_a_damaged_or_mixed_artifact_is_refused_naming_the_file(artifact, tmp_pa
 def _rewrite_info(dest, change):
     info = json.load(open(dest / artifacts.INFO_FILE))
     change(info)
-    io.atomic_write_json(str(dest / artifacts.INFO_FILE), info)
+    storage.atomic_write_json(str(dest / artifacts.INFO_FILE), info)
     artifacts._write_manifest(str(dest))  # intact files, stale content: what an older version wrote
 
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from vi_jax import io, rundir
+from vi_jax import rundir, storage
 from vi_jax.rundir import RunDirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,15 +20,15 @@ calls = []
 def toy_run(config, workdir, *, fail=False, resume=False):
     """Writes a.json and sub/b.txt (a nested folder, as reproduce's gap/), then maybe fails."""
     calls.append(config)
-    io.atomic_write_json(os.path.join(workdir, "a.json"), {"config": config})
-    io.atomic_write_text(os.path.join(workdir, "sub", "b.txt"), config)
+    storage.atomic_write_json(os.path.join(workdir, "a.json"), {"config": config})
+    storage.atomic_write_text(os.path.join(workdir, "sub", "b.txt"), config)
     if fail:
         raise RuntimeError("boom")
     return config
 
 
 def read(workdir):
-    return io.read_json(os.path.join(workdir, "a.json"))["config"]
+    return storage.read_json(os.path.join(workdir, "a.json"))["config"]
 
 
 def test_run_publishes_its_files_with_a_manifest(tmp_path):
@@ -146,9 +146,9 @@ def test_verify_names_the_file_of_a_mixed_or_damaged_run(tmp_path, case):
 
 HOLDER = textwrap.dedent("""
     import os, sys, time
-    from vi_jax import io, rundir
+    from vi_jax import rundir, storage
     with rundir.open_run(sys.argv[1], "held") as staging:
-        io.atomic_write_text(os.path.join(staging, "half.txt"), "half")
+        storage.atomic_write_text(os.path.join(staging, "half.txt"), "half")
         print("ready", flush=True)
         time.sleep(600)
 """)
@@ -192,7 +192,7 @@ def test_a_run_staged_inside_another_keeps_its_checkpoints_where_it_will_be_publ
             assert rundir.checkpoint_dir(inner) == os.path.join(workdir, "gap", "checkpoints")
             assert rundir.live_path(inner, "metrics.jsonl") == os.path.join(workdir, "gap", "metrics.jsonl")
             os.makedirs(rundir.checkpoint_dir(inner))
-            io.atomic_write_json(os.path.join(inner, "gap.json"), {})
+            storage.atomic_write_json(os.path.join(inner, "gap.json"), {})
     assert sorted(os.listdir(os.path.join(workdir, "gap"))) == ["MANIFEST.json", "gap.json"]
     rundir.verify(workdir)
 

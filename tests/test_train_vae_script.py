@@ -9,7 +9,7 @@ import pytest
 from experiments import train_vae
 from experiments import workdir as workdir_cli
 from vi_jax.metrics import read_metrics
-from vi_jax import io
+from vi_jax import storage
 from vi_jax.rundir import RunDirError
 from vi_jax.vae import load_trained_vae
 
@@ -85,14 +85,14 @@ def test_a_crash_while_writing_leaves_nothing_inconsistent(finished_runs, tmp_pa
     metrics.json. Its files never mix with the earlier run's: resuming keeps the earlier run
     loadable, overwriting leaves no loadable run at all."""
     workdir = copy_of(finished_runs, tmp_path)
-    write_json = io.atomic_write_json
+    write_json = storage.atomic_write_json
 
     def dies_at_metrics(path, obj):
         if os.path.basename(path) == "metrics.json":
             raise KeyboardInterrupt("killed")
         write_json(path, obj)
 
-    monkeypatch.setattr(io, "atomic_write_json", dies_at_metrics)
+    monkeypatch.setattr(storage, "atomic_write_json", dies_at_metrics)
     with pytest.raises(KeyboardInterrupt):
         train_vae.main(["--workdir", workdir, "--no-progress", "--resume"] + sum((["--set", a] for a in TINY), []))
     assert load_trained_vae(workdir)[0].seed == 0

@@ -32,7 +32,7 @@ The public API is `vi_jax.__all__` (vi_jax.train_vae, vi_jax.evaluate_gaps, vi_j
   data           datasets (digits, binarized MNIST, TFDS) and input validation
   visualize      what pictures show: prior samples, reconstructions, latent interpolations, the 2-D
                  manifold on prior quantiles, training curves (drawn by plotting)
-  config, io, provenance, plotting   overrides, atomic files, versions/device, figures
+  config, storage, provenance, plotting   overrides, atomic files, versions/device, figures
 """
 
 from __future__ import annotations

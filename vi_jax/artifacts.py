@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vi_jax import data, io, rundir
+from vi_jax import data, rundir, storage
 from vi_jax.config import from_dict
 from vi_jax.stats import mean_and_stderr
 from vi_jax.vae import VAEConfig, build_vae, load_training_data, make_evaluator
@@ -50,9 +50,9 @@ class Check(NamedTuple):
 
 
 def read_json(path: str) -> dict:
-    """io.read_json, its errors as ArtifactError."""
+    """storage.read_json, its errors as ArtifactError."""
     try:
-        return io.read_json(path)
+        return storage.read_json(path)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
     except ValueError as err:
@@ -95,13 +95,13 @@ def publish(dest: str, *, name: str, vae_config: VAEConfig, params_path: str, ar
     staging = tempfile.mkdtemp(dir=parent, prefix=f".staging-{os.path.basename(dest)}-")
     try:
         with open(params_path, "rb") as f:
-            io.atomic_write_bytes(os.path.join(staging, PARAMS_FILE), gzip.compress(f.read(), mtime=0))
+            storage.atomic_write_bytes(os.path.join(staging, PARAMS_FILE), gzip.compress(f.read(), mtime=0))
         for file_name, source in arrays.items():
             shutil.copyfile(source, os.path.join(staging, file_name))
         computed = [{"name": n, "source": s, **compute_figure(staging, s)} for n, s in figures]
         record = {"name": name, **info, "data_dim": int(data_dim),
                   "vae_config": dataclasses.asdict(vae_config), "figures": computed}
-        io.atomic_write_json(os.path.join(staging, INFO_FILE), record)
+        storage.atomic_write_json(os.path.join(staging, INFO_FILE), record)
         _write_manifest(staging)
         size = sum(os.path.getsize(os.path.join(staging, f)) for f in os.listdir(staging))
         if size > MAX_ARTIFACT_BYTES:
@@ -125,7 +125,7 @@ def _write_manifest(directory: str) -> None:
     files = sorted(f for f in os.listdir(directory) if f != MANIFEST_FILE)
     manifest = {f: {"bytes": os.path.getsize(os.path.join(directory, f)), "sha256": rundir.file_sha256(os.path.join(directory, f))}
                 for f in files}
-    io.atomic_write_json(os.path.join(directory, MANIFEST_FILE), manifest)
+    storage.atomic_write_json(os.path.join(directory, MANIFEST_FILE), manifest)
 
 
 def check_manifest(directory: str) -> None:
@@ -157,7 +157,7 @@ def load(directory: str) -> tuple[dict, VAEConfig, object, dict]:
     path = os.path.join(directory, PARAMS_FILE)
     try:
         with open(path, "rb") as f:
-            params = io.params_from_bytes(io.gunzip(f.read(), path), template, path)
+            params = storage.params_from_bytes(storage.gunzip(f.read(), path), template, path)
     except ValueError as err:
         raise ArtifactError(str(err)) from None
     return info, config, vae, params

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vi_jax import io
+from vi_jax import storage
 
 # Config fields a resumed run may change: they do not alter the trajectory up to the checkpoint.
 RESUMABLE_CHANGES = ("num_epochs", "checkpoint_every", "eval_every")
@@ -172,7 +172,7 @@ class StageCache:
         self.fingerprint = json.loads(json.dumps(fingerprint))  # tuples -> lists, as read back
         index_path = os.path.join(self.directory, self.INDEX)
         if resume and os.path.exists(index_path):
-            index = io.read_json(index_path)
+            index = storage.read_json(index_path)
             saved = index.get("fingerprint", {})
             differing = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
             if differing:
@@ -205,7 +205,7 @@ class StageCache:
         start = time.perf_counter()
         arrays = {k: np.asarray(v) for k, v in compute().items()}
         seconds = float(arrays.pop("seconds")) if "seconds" in arrays else time.perf_counter() - start
-        io.atomic_save_npz(path, **arrays)
+        storage.atomic_save_npz(path, **arrays)
         self.stages[name] = {"seconds": seconds, "checksums": state_checksums(arrays)}
         self._write_index()
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)  # its segments, superseded
@@ -216,5 +216,5 @@ class StageCache:
         return Checkpointer(os.path.join(self.directory, name))
 
     def _write_index(self) -> None:
-        io.atomic_write_json(os.path.join(self.directory, self.INDEX),
+        storage.atomic_write_json(os.path.join(self.directory, self.INDEX),
                              {"fingerprint": self.fingerprint, "stages": self.stages})

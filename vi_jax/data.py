@@ -18,7 +18,7 @@ from typing import Mapping, NamedTuple
 import jax
 import numpy as np
 
-from vi_jax import io
+from vi_jax import storage
 
 DATASETS = ("digits", "digits_continuous", "binarized_mnist", "mnist", "fashion_mnist")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -231,7 +231,7 @@ def _read_amat(path: Path, expected_sha256: str) -> np.ndarray:
     """Read a (possibly gzipped) .amat file, verify the sha256 of its content, parse it. Cached."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = io.gunzip(raw, str(path))
+        raw = storage.gunzip(raw, str(path))
     actual_sha256 = hashlib.sha256(raw).hexdigest()
     if actual_sha256 != expected_sha256:
         raise ValueError(f"{path}: sha256 mismatch: expected {expected_sha256}, got {actual_sha256}")
@@ -296,7 +296,7 @@ def _read_idx(path: Path, spec: IdxFile) -> np.ndarray:
     """
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = io.gunzip(raw, str(path))
+        raw = storage.gunzip(raw, str(path))
     header_bytes = 4 * (1 + len(spec.dims))
     if len(raw) < header_bytes:
         raise ValueError(f"{path}: {len(raw)} bytes, shorter than the {header_bytes}-byte IDX header of {spec.name}")

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Optional, Protocol, Union
 
-from vi_jax import io
+from vi_jax import storage
 
 
 class MetricsError(ValueError):
@@ -70,7 +70,7 @@ class JsonlWriter:
         kept = []
         if first_epoch > 1 and os.path.exists(self.path):
             kept = [line + "\n" for line, record in _parse(self.path) if record["epoch"] < first_epoch]
-        io.atomic_write_text(self.path, "".join(kept))
+        storage.atomic_write_text(self.path, "".join(kept))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -48,7 +48,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Optional
 
-from vi_jax import io
+from vi_jax import storage
 
 FORMAT = "vi_jax-run/1"
 MANIFEST = "MANIFEST.json"
@@ -198,7 +198,7 @@ def _manifest_summary(workdir: str) -> str:
     if not os.path.exists(path):
         return "no manifest: an unfinished run, or one of an older version"
     try:
-        manifest = io.read_json(path)
+        manifest = storage.read_json(path)
         return f"{manifest.get('experiment')}, finished {manifest.get('finished')}"
     except ValueError:
         return "an unreadable manifest"
@@ -289,7 +289,7 @@ def _publish(workdir: str, staging: str, fields: dict) -> None:
 def _write_manifest(workdir: str, files: dict, **fields) -> None:
     manifest = {"format": FORMAT, **fields, "command": " ".join(sys.argv), "host": socket.gethostname(),
                 "pid": os.getpid(), "finished": _now(), "files": files}
-    io.atomic_write_json(os.path.join(workdir, MANIFEST), manifest)
+    storage.atomic_write_json(os.path.join(workdir, MANIFEST), manifest)
 
 
 def _module_name(fn: Callable) -> str:
@@ -362,7 +362,7 @@ def verify(workdir: str) -> dict:
             f"{path}: missing, so {workdir} holds no finished run: it was interrupted, is still running, or was "
             "written by an older version before manifests. If it is an older version's finished run, check it "
             f"and write its manifest with `python -m experiments.workdir adopt {workdir}`")
-    manifest = io.read_json(path)
+    manifest = storage.read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
         raise RunDirError(f"{path}: not a {FORMAT} manifest")
     for name, expected in manifest["files"].items():

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vi_jax import data, io, networks, rundir, sharding, streams
+from vi_jax import data, networks, rundir, sharding, storage, streams
 from vi_jax.checkpoint import CheckpointError, Checkpointer
 from vi_jax.loop import Checkpointing, TrainResult, run_epochs
 from vi_jax.config import Rule, check_fields, count, from_dict, one_of, real, widths
@@ -310,7 +310,7 @@ def load_trained_vae(workdir: str, *, verify: bool = True) -> tuple[VAEConfig, V
     for path in (metrics_path, params_path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: point to the workdir of a finished train_vae run")
-    saved = io.read_json(metrics_path)
+    saved = storage.read_json(metrics_path)
     if not isinstance(saved, dict) or "config" not in saved:
         raise ValueError(f"{metrics_path}: records no config; not the metrics of a train_vae run")
     config = from_dict(VAEConfig, saved["config"])
@@ -319,7 +319,7 @@ def load_trained_vae(workdir: str, *, verify: bool = True) -> tuple[VAEConfig, V
         raise ValueError(f"{metrics_path} records no data_dim; rerun train_vae with this version")
     vae = build_vae(config, data_dim)
     template = vae.algorithm.init(jax.random.PRNGKey(0), jnp.zeros(data_dim)).params
-    return config, vae, io.read_params(params_path, template)
+    return config, vae, storage.read_params(params_path, template)
 
 
 def check_legacy_workdir(workdir: str) -> None:
@@ -330,7 +330,7 @@ def check_legacy_workdir(workdir: str) -> None:
     behind `python -m experiments.workdir adopt`."""
     config, vae, params = load_trained_vae(workdir, verify=False)
     metrics_path, params_path = os.path.join(workdir, "metrics.json"), os.path.join(workdir, "params.msgpack")
-    saved = io.read_json(metrics_path)
+    saved = storage.read_json(metrics_path)
     last = os.path.join(workdir, "reproduce.md" if "preset" in saved else "metrics.json")
     if not os.path.exists(last):
         raise ValueError(f"{last}: missing: the run did not finish (it is the file the run writes last)")

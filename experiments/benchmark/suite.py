@@ -132,7 +132,7 @@ def select(only: Optional[str], kinds=("result", "speed")) -> list:
 
 
 def run_suite(ctx: Context, benchmarks: list, command: str) -> dict:
-    from vi_jax import io, provenance
+    from vi_jax import provenance, storage
 
     os.makedirs(ctx.workdir, exist_ok=True)
     report = {"suite": "vi_jax benchmarks", "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -154,11 +154,11 @@ def run_suite(ctx: Context, benchmarks: list, command: str) -> dict:
                    load_before=load_before, load_after=list(os.getloadavg()))
         report["benchmarks"][bench.name] = out
         report["load_after"] = list(os.getloadavg())
-        io.atomic_write_json(os.path.join(ctx.workdir, "benchmark.json"), _finite(report))
+        storage.atomic_write_json(os.path.join(ctx.workdir, "benchmark.json"), _finite(report))
     report["load_after"] = list(os.getloadavg())
     report = _finite(report)
-    io.atomic_write_json(os.path.join(ctx.workdir, "benchmark.json"), report)
-    io.atomic_write_text(os.path.join(ctx.workdir, "benchmark.md"), markdown(report))
+    storage.atomic_write_json(os.path.join(ctx.workdir, "benchmark.json"), report)
+    storage.atomic_write_text(os.path.join(ctx.workdir, "benchmark.md"), markdown(report))
     return report
 
 
@@ -217,10 +217,10 @@ def main(argv=None) -> int:
         ctx.quick = bool(reference.get("quick")) if not args.quick else True
         current = run_suite(ctx, [REGISTRY[n] for n in names], command)
         check = compare_benchmarks(reference["benchmarks"], current["benchmarks"], sigmas=args.check_sigmas)
-        from vi_jax import io
-        io.atomic_write_json(os.path.join(ctx.workdir, "check.json"), _finite(check))
+        from vi_jax import storage
+        storage.atomic_write_json(os.path.join(ctx.workdir, "check.json"), _finite(check))
         text = check_markdown(check)
-        io.atomic_write_text(os.path.join(ctx.workdir, "check.md"), text)
+        storage.atomic_write_text(os.path.join(ctx.workdir, "check.md"), text)
         print(text)
         return 0 if check["ok"] else 1
     report = run_suite(ctx, select(args.only), command)

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from vi_jax import io
+from vi_jax import storage
 
 
 @pytest.fixture
@@ -21,11 +21,11 @@ def umask():
 
 
 WRITERS = {
-    "bytes": lambda path: io.atomic_write_bytes(path, b"x"),
-    "json": lambda path: io.atomic_write_json(path, {"a": 1}),
-    "text": lambda path: io.atomic_write_text(path, "a"),
-    "npz": lambda path: io.atomic_save_npz(path, a=np.zeros(2)),
-    "figure": lambda path: io.atomic_save_figure(plt.figure(), path),
+    "bytes": lambda path: storage.atomic_write_bytes(path, b"x"),
+    "json": lambda path: storage.atomic_write_json(path, {"a": 1}),
+    "text": lambda path: storage.atomic_write_text(path, "a"),
+    "npz": lambda path: storage.atomic_save_npz(path, a=np.zeros(2)),
+    "figure": lambda path: storage.atomic_save_figure(plt.figure(), path),
 }
 
 
@@ -41,7 +41,7 @@ def test_file_modes_follow_the_umask(tmp_path, umask, writer, mask, mode):
 
 def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(ValueError):
-        io.atomic_write_json(str(tmp_path / "a.json"), {"x": float("nan")})
+        storage.atomic_write_json(str(tmp_path / "a.json"), {"x": float("nan")})
     assert os.listdir(tmp_path) == []
 
 
@@ -56,7 +56,7 @@ GZIP_CASES = {
 @pytest.mark.parametrize("case", sorted(GZIP_CASES))
 def test_damaged_gzip_names_the_file(case):
     with pytest.raises(ValueError, match=r"^data/x\.amat\.gz: damaged gzip file"):
-        io.gunzip(GZIP_CASES[case], "data/x.amat.gz")
+        storage.gunzip(GZIP_CASES[case], "data/x.amat.gz")
 
 
 @pytest.mark.parametrize("content", [b"", b"{\"a\": ", b"\xff\xfe", b"{'a': 1}"], ids=["empty", "truncated",
@@ -65,7 +65,7 @@ def test_damaged_json_names_the_file(tmp_path, content):
     path = tmp_path / "metrics.json"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=rf"^{path}: not valid JSON"):
-        io.read_json(str(path))
+        storage.read_json(str(path))
 
 
 TEMPLATE = {"dense": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}}
@@ -84,11 +84,11 @@ def test_damaged_or_foreign_params_name_the_file(tmp_path, case):
     path = tmp_path / "params.msgpack"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=rf"^{path}: .*{message}"):
-        io.read_params(str(path), TEMPLATE)
+        storage.read_params(str(path), TEMPLATE)
 
 
 def test_params_round_trip(tmp_path):
     path = str(tmp_path / "params.msgpack")
-    io.atomic_write_bytes(path, flax.serialization.to_bytes(TEMPLATE))
-    restored = io.read_params(path, TEMPLATE)
+    storage.atomic_write_bytes(path, flax.serialization.to_bytes(TEMPLATE))
+    restored = storage.read_params(path, TEMPLATE)
     assert restored["dense"]["kernel"].shape == (3, 2)
