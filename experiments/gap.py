@@ -115,6 +115,11 @@ class GapConfig:
         self.protocol.validate()
         if not self.splits or any(name not in SPLITS for name in self.splits):
             raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
+        # AIS starts from the prior, the encoder or a fitted family's q*, named by its label
+        proposals = ("prior", "encoder", *build_local_families(self, latent_dim=2))
+        if self.protocol.ais_proposal and self.protocol.ais_proposal not in proposals:
+            raise ValueError(f"protocol.ais_proposal {self.protocol.ais_proposal!r} names no proposal of this "
+                             f"config; known: {proposals}")
 
 
 QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", "protocol.local_fit.patience=5",

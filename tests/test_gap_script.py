@@ -125,6 +125,14 @@ def _toy_dataset(ordered_splits) -> data.Dataset:
                         ordered_splits=ordered_splits)
 
 
+def test_an_ais_proposal_that_names_no_fitted_family_is_refused_before_any_compute(tmp_path):
+    with pytest.raises(ValueError, match=r"protocol.ais_proposal 'fgg' names no proposal of this config; known: "
+                                         r"\('prior', 'encoder', 'ffg', 'flow'\)"):
+        gap.main(["--workdir", str(tmp_path / "w"), "--set", "protocol.ais_proposal=fgg"])
+    assert not os.path.exists(tmp_path / "w")
+    apply_overrides(gap.GapConfig(), ["protocol.ais_proposal=flow", "local_families=gaussian,flow"]).validate()
+
+
 def test_first_rows_of_an_ordered_split_are_refused_with_the_reason():
     toy = _toy_dataset({"test": "sorted by class"})
     with pytest.raises(ValueError, match=r"^toy test: rows='first' refused: the split is sorted by class, so its "
