@@ -87,6 +87,11 @@ def _add_resume(parser: argparse.ArgumentParser) -> None:
 
 # run(..., resume=, resume_fallback=) of a run that checkpoints (train_vae, reproduce)
 RESUME = RunFlags(_add_resume, lambda args: {"resume": args.resume, "resume_fallback": args.fallback_to_intact})
+# run(..., resume=) of a run that keeps its finished stages (gap: vi_jax.checkpoint.StageCache)
+RESUME_STAGES = RunFlags(
+    lambda parser: parser.add_argument("--resume", action="store_true",
+                                       help="keep the finished stages of an interrupted run in the workdir"),
+    lambda args: {"resume": args.resume})
 
 
 def base_parser(doc: str, *, workdir: str | None, workdir_help: str = "output directory", staged: bool = True,

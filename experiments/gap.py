@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import time
 from typing import ClassVar
 
@@ -58,7 +57,7 @@ from vi_jax.families import FAMILIES, VariationalFamily, family_options, get_fam
 from vi_jax.gap import GapProtocol, evaluate_gaps, summarize
 from vi_jax.vae import VAEConfig, build_vae, load_trained_vae, load_training_data, train_vae
 
-from ._common import Cli, FieldFlag, RunFlags, progress_log
+from ._common import RESUME_STAGES, Cli, FieldFlag, progress_log
 
 SPLITS = ("train", "test")
 AIS_QUANTITIES = ("log_px_ais", "ais_acceptance_rate", "ais_step_size")  # with protocol.ais_proposal
@@ -126,13 +125,9 @@ QUICK = ["vae.num_epochs=30", "n_eval=40", "protocol.local_fit.check_every=20", 
          "protocol.local_fit.max_steps=2000", "protocol.local_fit.learning_rate=3e-3", "protocol.elbo_samples=100",
          "protocol.iwae_samples=500", "protocol.refine_steps=0,1,5,20"]
 
-RESUME = RunFlags(lambda parser: parser.add_argument(
-    "--resume", action="store_true", help="keep the finished stages of an interrupted run in the workdir"),
-    lambda args: {"resume": args.resume})
-
 CLI = Cli(__doc__, GapConfig, workdir="runs/gap", writes="gap.json", quick=QUICK, seed=("seed", "vae.seed"),
           flags=[FieldFlag("--checkpoint", "checkpoint", "a train_vae workdir whose VAE to evaluate")], data_dir=True,
-          extra=[RESUME],
+          extra=[RESUME_STAGES],
           example="--set n_eval=100 --set vae.latent_dim=4 --set protocol.local_fit.learning_rate=1e-2")
 
 
@@ -270,7 +265,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
     local_families = build_local_families(config, vae_config.latent_dim)
     key = jax.random.PRNGKey(config.seed)
     result = {"splits": {}}
-    arrays = {}
+    arrays, caches = {}, []
     for name in config.splits:
         split_key = jax.random.fold_in(key, SPLITS.index(name))
         rows, x = chosen[name]
@@ -278,6 +273,7 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         amortized = vae.encode(params["encoder"], jnp.asarray(x))
         stages = StageCache(os.path.join(rundir.checkpoint_dir(workdir), f"gap_{name}"),
                             stage_fingerprint(config, vae_config, params, name, rows), resume=resume)
+        caches.append(stages)
         per_point, info = evaluate_gaps(jax.random.fold_in(split_key, 1), vae.model, params["decoder"],
                                         vae.family, amortized, local_families, x, config.protocol, log, stages=stages)
         if info["reused_stages"]:
@@ -314,8 +310,8 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
         storage.atomic_write_bytes(os.path.join(workdir, "vae_params.msgpack"), flax.serialization.to_bytes(params))
     storage.atomic_write_text(os.path.join(workdir, "gap.md"), markdown(result))
     storage.atomic_write_json(os.path.join(workdir, "gap.json"), result)
-    for name in config.splits:  # every result is written: the finished stages have served
-        shutil.rmtree(os.path.join(rundir.checkpoint_dir(workdir), f"gap_{name}"), ignore_errors=True)
+    for stages in caches:  # every result is written: the finished stages have served
+        stages.discard()
     with contextlib.suppress(OSError):  # unless it holds other checkpoints
         os.rmdir(rundir.checkpoint_dir(workdir))
     return result

@@ -126,7 +126,7 @@ def evaluate_and_save(vae, config: VAEConfig, dataset, train: np.ndarray, test: 
     save_pictures(vae, params, test, dataset.image_shape, keys[3], result.history, workdir)
     storage.atomic_write_bytes(os.path.join(workdir, "params.msgpack"), flax.serialization.to_bytes(params))
     storage.atomic_save_npz(os.path.join(workdir, "evaluation.npz"), test_elbo=test_elbo, train_elbo=train_elbo,
-                       test_iwae=test_iwae.bound, test_iwae_stderr=test_iwae.stderr)
+                            test_iwae=test_iwae.bound, test_iwae_stderr=test_iwae.stderr)
     return metrics
 
 

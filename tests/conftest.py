@@ -1,6 +1,8 @@
 """Shared test setup: implicit rank promotion is an error (catches silent broadcasting in
 vmapped code), small shared models, and a per-worker persistent compilation cache, so JAX
 compiles as little as possible."""
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -63,3 +65,18 @@ def trained():
     vae = build_vae(config, dataset.dim)
     result = train_vae(vae, config, dataset.train, progress=False)
     return vae, result.state.params, jnp.asarray(dataset.test[:40])
+
+
+@pytest.fixture
+def killed_in_the_last_gap_stage():
+    """A context in which evaluate_gaps raises RuntimeError("interrupted") when it reaches its last
+    stage (the semi-amortized refinement), as a kill would, after its other stages are saved."""
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    @contextlib.contextmanager
+    def context():
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="interrupted"):
+            patch.setattr("vi_jax.gap.make_refine", interrupted)
+            yield
+    return context

@@ -51,6 +51,12 @@ def state_checksums(state: Any) -> dict:
     return sums
 
 
+def differing_fields(saved: dict, now: dict, ignore=()) -> list[str]:
+    """The sorted keys whose values differ between two JSON-like dicts (a key missing on one
+    side differs), except those in `ignore`."""
+    return sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
+
+
 def config_checksum(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
@@ -132,8 +138,7 @@ class Checkpointer:
         saved, config = dict(metadata.get("config", {})), json.loads(json.dumps(config))  # tuples -> lists
         for name, value in json.loads(json.dumps(defaults or {})).items():
             saved.setdefault(name, value)
-        differing = sorted(k for k in set(saved) | set(config)
-                           if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+        differing = differing_fields(saved, config, ignore=RESUMABLE_CHANGES)
         if differing:
             details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {config.get(k)!r}" for k in differing)
             raise CheckpointError(f"{self._name(epoch)} was written by a different config ({details})")
@@ -173,8 +178,7 @@ class StageCache:
         index_path = os.path.join(self.directory, self.INDEX)
         if resume and os.path.exists(index_path):
             index = storage.read_json(index_path)
-            saved = index.get("fingerprint", {})
-            differing = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+            differing = differing_fields(index.get("fingerprint", {}), self.fingerprint)
             if differing:
                 raise CheckpointError(f"{self.directory}: its stages were computed for a different run "
                                       f"({', '.join(differing)} differ); resume that run, or start afresh "
@@ -211,10 +215,14 @@ class StageCache:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)  # its segments, superseded
         return arrays, seconds, False
 
+    def discard(self) -> None:
+        """Delete the directory and everything in it, once the results the stages served are written."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def checkpointer(self, name: str) -> Checkpointer:
         """A Checkpointer for the segments of stage `name` while it runs (removed once it is saved)."""
         return Checkpointer(os.path.join(self.directory, name))
 
     def _write_index(self) -> None:
         storage.atomic_write_json(os.path.join(self.directory, self.INDEX),
-                             {"fingerprint": self.fingerprint, "stages": self.stages})
+                                  {"fingerprint": self.fingerprint, "stages": self.stages})
