@@ -302,7 +302,6 @@ def run(config: GapConfig, workdir: str, *, data_dir: str | None = None, progres
                    "config": dataclasses.asdict(config),
                    "vae_config": dataclasses.asdict(vae_config), "environment": provenance.environment(),
                    "wall_seconds": timings})
-    os.makedirs(workdir, exist_ok=True)
     for name, a in arrays.items():
         storage.atomic_save_npz(os.path.join(workdir, f"gap_{name}.npz"), **a)
     figures(result, arrays, workdir)

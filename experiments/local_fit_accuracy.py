@@ -269,7 +269,6 @@ def run(config: LocalFitAccuracyConfig, workdir: str, *, progress: bool = True) 
                                    "settings": dataclasses.asdict(fit), "estimator": estimator}
                             for name, (fit, estimator) in protocols(config).items()},
               "problems": problems, **header(config), "wall_seconds": seconds}
-    os.makedirs(workdir, exist_ok=True)
     figure(result, os.path.join(workdir, "local_fit_accuracy.png"))
     return write_report(workdir, "local_fit_accuracy", result, markdown(result))
 
